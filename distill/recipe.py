@@ -1,0 +1,381 @@
+"""The recipe: one YAML file that says what to distill, validated up front.
+
+Every field has a default and a description (the unit or the why). Unknown keys are errors. All
+problems are reported at once, each with its dotted key, the file and line, and the nearest valid
+key for a typo. `--set a.b=value` overrides are applied before validation and named as the source
+of their own errors.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from distill.errors import RecipeError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class Splits(_Section):
+    train: float = Field(0.7, gt=0, lt=1, description="Fraction of rows for training (when the data has no given splits).")
+    validation: float = Field(0.1, ge=0, lt=1, description="Fraction for validation: early stopping, parity gate, tuning.")
+    test: float = Field(0.2, gt=0, lt=1, description="Fraction for the test split that every reported figure uses.")
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> "Splits":
+        total = self.train + self.validation + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"train + validation + test must sum to 1, got {total:g}")
+        return self
+
+
+class Augment(_Section):
+    multiplier: int = Field(0, ge=0, le=20, description="Augmented copies per transfer example; 0 turns augmentation off.")
+    ops: list[Literal["swap", "delete", "insert", "mask"]] = Field(
+        default_factory=lambda: ["swap", "delete", "insert", "mask"],
+        description="Token-level operations to draw from; the teacher relabels every augmented text.")
+    rate: float = Field(0.1, gt=0, le=0.5, description="Fraction of a text's tokens each operation touches.")
+
+
+class Data(_Section):
+    source: str = Field("builtin:rotten-tomatoes",
+                        description="builtin:NAME, or a CSV/TSV/JSONL/Parquet file, or a folder of train/validation/test files.")
+    format: Literal["auto", "csv", "tsv", "jsonl", "parquet"] = Field("auto", description="File format; auto = from the extension.")
+    text_column: Optional[str] = Field(None, description="Column holding the text (default: the dataset's own, else 'text').")
+    label_column: Optional[str] = Field(None, description="Column holding the label (default: the dataset's own, else 'label').")
+    group_by: Optional[str] = Field(None, description="Column whose groups never straddle splits (builtin:rotten-tomatoes: the movie).")
+    encoding: str = Field("utf-8", description="Text encoding of the data file.")
+    splits: Splits = Field(default_factory=Splits, description="Split fractions (used when the data has no given splits).")
+    split_seed: int = Field(0, description="Seed of the split; reported figures name it, claims rest on three of them.")
+    max_rows: Optional[int] = Field(None, gt=0, description="Keep at most this many training rows (seeded subsample); None = all.")
+    few_shot: Optional[int] = Field(None, gt=0, description="Keep K labelled training examples per class; the rest become unlabelled transfer text.")
+    unlabeled: Optional[str] = Field(None, description="Extra in-domain text for the transfer pool: a .txt (one per line) or a file with the text column.")
+    transfer_max: Optional[int] = Field(None, gt=0, description="Cap on the transfer pool (teacher inference time grows with it); None = all.")
+    min_chars: int = Field(2, ge=1, description="Texts shorter than this (after cleaning) are dropped.")
+    max_chars: int = Field(5000, ge=10, description="Texts longer than this are truncated (counted in the data report).")
+    label_noise: Literal["keep", "flag", "drop"] = Field(
+        "flag", description="Rows where the teacher confidently disagrees with the gold label: keep silently, list them, or drop them from the student's gold-label term.")
+    label_noise_threshold: float = Field(0.9, gt=0.5, lt=1, description="Teacher probability above which a disagreement counts as label noise.")
+    augment: Augment = Field(default_factory=Augment, description="Augmentation of the transfer pool.")
+
+
+class Lora(_Section):
+    r: int = Field(8, gt=0, description="LoRA rank.")
+    alpha: int = Field(16, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA path.")
+    target_modules: Optional[list[str]] = Field(None, description="Module names to adapt; None = peft's default for the architecture.")
+
+
+class Training(_Section):
+    """Fields shared by teacher and student training (Hugging Face Trainer arguments)."""
+
+    epochs: float = Field(1.0, gt=0, description="Passes over the training data.")
+    learning_rate: float = Field(5e-5, gt=0, description="Peak AdamW learning rate.")
+    batch_size: int = Field(32, gt=0, description="Examples per device step.")
+    grad_accum: int = Field(1, ge=1, description="Steps accumulated per optimizer update.")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
+    warmup_ratio: float = Field(0.06, ge=0, lt=1, description="Fraction of steps spent warming up the learning rate.")
+    scheduler: Literal["linear", "cosine", "constant"] = Field("linear", description="Learning-rate schedule after warm-up.")
+    max_length: Optional[int] = Field(None, gt=0, le=4096, description="Tokens per text; None = the data's p95 token length, capped at 256.")
+    early_stopping_patience: int = Field(2, ge=0, description="Evaluations without improvement before stopping; 0 = off.")
+    eval_steps: Optional[int] = Field(None, gt=0, description="Evaluate every N steps; None = once per epoch.")
+    dropout: Optional[float] = Field(None, ge=0, lt=1, description="Override the model's hidden/attention dropout; None = keep.")
+
+
+class Teacher(Training):
+    model: str = Field("packaged:minilm-l6", description="packaged:NAME, a local model folder, or a Hugging Face Hub id.")
+    train: bool = Field(True, description="Fine-tune on the labelled data; false = use an already fine-tuned classifier as is.")
+    max_train_samples: Optional[int] = Field(None, gt=0, description="Fine-tune on at most this many labelled rows (big teachers on CPU).")
+    quantization: Literal["none", "8bit", "4bit"] = Field("none", description="Load through bitsandbytes and train LoRA adapters (QLoRA); needs lora.")
+    lora: Optional[Lora] = Field(None, description="Train LoRA adapters instead of all weights (works on CPU too).")
+    trust_remote_code: bool = Field(False, description="Run model code shipped with the checkpoint. Off unless you trust its source.")
+    allow_pickle: bool = Field(False, description="Allow loading .bin (pickle) weights; safetensors only by default.")
+
+    @model_validator(mode="after")
+    def _quantization_needs_lora(self) -> "Teacher":
+        if self.quantization != "none" and self.lora is None:
+            raise ValueError("quantization 8bit/4bit trains LoRA adapters: add a `lora:` section (e.g. `lora: {r: 8}`)")
+        return self
+
+
+class Student(Training):
+    init: Literal["teacher-layers", "pretrained", "config"] = Field(
+        "teacher-layers", description="teacher-layers: copy chosen teacher layers; pretrained: any smaller model; config: from scratch.")
+    layers: list[int] = Field(default_factory=lambda: [0, 5], description="Teacher layers copied into the student (teacher-layers init).")
+    model: Optional[str] = Field(None, description="Student model for init=pretrained: packaged:NAME, folder or Hub id.")
+    config: Optional[dict[str, Any]] = Field(None, description="Config overrides for init=config (e.g. num_hidden_layers, hidden_size).")
+    learning_rate: float = Field(1e-4, gt=0, description="Peak AdamW learning rate.")
+    epochs: float = Field(2.0, gt=0, description="Passes over the transfer pool.")
+
+    @field_validator("layers")
+    @classmethod
+    def _layers_ok(cls, v: list[int]) -> list[int]:
+        if not v:
+            raise ValueError("needs at least one layer index")
+        if any(i < 0 for i in v) or sorted(set(v)) != v:
+            raise ValueError(f"layer indices must be distinct, non-negative and increasing, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _init_fields(self) -> "Student":
+        if self.init == "pretrained" and not self.model:
+            raise ValueError("init=pretrained needs `model:` (packaged:NAME, folder or Hub id)")
+        return self
+
+
+class Curriculum(_Section):
+    scorer: Literal["none", "margin", "entropy", "length", "self-paced"] = Field(
+        "none", description="Difficulty per example; none = the ablation (plain shuffled sampling).")
+    pacing: Literal["linear", "root", "step"] = Field("root", description="How the training pool widens from the easiest fraction to all.")
+    start: float = Field(0.3, gt=0, le=1, description="Fraction of the pool (easiest first) used at step 0.")
+    ramp: float = Field(0.5, gt=0, le=1, description="Fraction of training after which the whole pool is in use.")
+
+
+class Distill(_Section):
+    temperature: float = Field(2.0, gt=0, description="Softmax temperature T of the KL term (scaled by T^2).")
+    losses: dict[str, float] = Field(default_factory=lambda: {"kl": 0.5, "ce": 0.5},
+                                     description="Loss name -> weight; names: kl, ce, mse, hidden_mse, hidden_cos.")
+    layer_map: Optional[dict[int, int]] = Field(None, description="Student layer -> teacher layer for hidden losses; None = from student.layers.")
+    curriculum: Curriculum = Field(default_factory=Curriculum, description="Curriculum learning (a train sampler).")
+    rounds: int = Field(1, ge=1, le=10, description="Iterative rounds: after each, re-augment where student and teacher disagree most.")
+    hard_fraction: float = Field(0.1, gt=0, le=1, description="Fraction of the pool re-augmented and weighted up after a round.")
+
+    @field_validator("losses")
+    @classmethod
+    def _known_losses(cls, v: dict[str, float]) -> dict[str, float]:
+        known = ["kl", "ce", "mse", "hidden_mse", "hidden_cos"]
+        bad = [k for k in v if k not in known]
+        if bad:
+            hints = [f"{b!r}" + (f" (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(b, known, 1)) else "") for b in bad]
+            raise ValueError(f"unknown loss {', '.join(hints)}; valid: {', '.join(known)}")
+        if not v or all(w == 0 for w in v.values()):
+            raise ValueError("at least one loss needs a non-zero weight")
+        if any(w < 0 for w in v.values()):
+            raise ValueError("loss weights must be >= 0")
+        return v
+
+
+class Export(_Section):
+    quantize: Literal["dynamic", "static", "none"] = Field("dynamic", description="int8 quantization of the student.")
+    isa: Literal["auto", "avx512_vnni", "avx2", "arm64"] = Field("auto", description="Instruction set to quantize for; auto = detected on the host.")
+    optimize: bool = Field(True, description="Run ONNX Runtime's transformer fusions before quantization.")
+    opset: int = Field(17, ge=11, le=21, description="ONNX opset.")
+    calibration_samples: int = Field(256, gt=0, description="Training texts used to calibrate static int8.")
+    per_channel: bool = Field(False, description="Per-channel weight scales.")
+    ort: bool = Field(True, description="Convert to .ort and run ONNX Runtime's mobile usability check.")
+    fp32_atol: float = Field(1e-4, gt=0, description="Parity gate: max |logit difference| fp32 ONNX vs PyTorch.")
+    int8_min_agreement: float = Field(0.99, gt=0, le=1, description="Parity gate: min label agreement int8 vs PyTorch.")
+
+
+class Target(_Section):
+    name: str = Field(..., description="Target name used in reports.")
+    cores: Optional[list[int]] = Field(None, description="CPU cores to pin to; None = all.")
+    threads: int = Field(..., gt=0, description="Intra-op threads.")
+    description: str = Field("", description="What the target stands for.")
+
+
+class Bench(_Section):
+    targets: list[str] = Field(default_factory=lambda: ["cpu", "mobile-1t"], description="Built-in targets (cpu, mobile-2t, mobile-1t) or names from custom_targets.")
+    custom_targets: list[Target] = Field(default_factory=list, description="User-defined targets.")
+    batch: list[int] = Field(default_factory=lambda: [1], description="Batch sizes measured.")
+    seq: list[int] = Field(default_factory=lambda: [128], description="Sequence lengths measured.")
+    iterations: int = Field(50, gt=0, description="Timed iterations per measurement.")
+    warmup: int = Field(10, ge=0, description="Untimed iterations before timing.")
+    compare_optimum: bool = Field(True, description="Also measure the student exported and quantized optimum's default way.")
+
+
+class Tune(_Section):
+    trials: int = Field(20, gt=0, description="Optuna trials.")
+    timeout: Optional[int] = Field(None, gt=0, description="Stop the search after this many seconds.")
+    objective: Literal["student", "teacher"] = Field("student", description="Which model's validation accuracy is maximized.")
+    space: dict[str, Any] = Field(default_factory=dict, description="Dotted key -> [low, high] or a list of choices.")
+
+
+class Recipe(_Section):
+    name: str = Field("default", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="Run name: the run lands in models/NAME.")
+    seed: int = Field(0, description="Seed for training, sampling and augmentation.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = CUDA when present (bf16 where supported, else fp16), else CPU fp32.")
+    data: Data = Field(default_factory=Data)
+    teacher: Teacher = Field(default_factory=Teacher)
+    student: Student = Field(default_factory=Student)
+    distill: Distill = Field(default_factory=Distill)
+    export: Export = Field(default_factory=Export)
+    bench: Bench = Field(default_factory=Bench)
+    tune: Tune = Field(default_factory=Tune)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading, overrides, errors
+
+
+def default_recipe_path() -> Path:
+    from importlib import resources
+
+    return Path(str(resources.files("distill.recipes").joinpath("default.yaml")))
+
+
+def shipped_recipes() -> dict[str, Path]:
+    from importlib import resources
+
+    folder = resources.files("distill.recipes")
+    return {Path(p.name).stem: Path(str(p)) for p in folder.iterdir() if p.name.endswith(".yaml")}
+
+
+def _key_lines(text: str) -> dict[tuple[str, ...], int]:
+    """Dotted key path -> 1-based line in the YAML text, for error messages."""
+    lines: dict[tuple[str, ...], int] = {}
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError:
+        return lines
+
+    def walk(node: Any, path: tuple[str, ...]) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                key = path + (str(k.value),)
+                lines[key] = k.start_mark.line + 1
+                walk(v, key)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, v in enumerate(node.value):
+                lines[path + (str(i),)] = v.start_mark.line + 1
+                walk(v, path + (str(i),))
+
+    walk(root, ())
+    return lines
+
+
+def _fields_at(loc: tuple[Any, ...]) -> list[str]:
+    """Valid field names of the section that `loc` points into (for 'did you mean')."""
+    model: Any = Recipe
+    for part in loc:
+        field = getattr(model, "model_fields", {}).get(str(part))
+        if field is None:
+            break
+        ann = field.annotation
+        inner = [a for a in getattr(ann, "__args__", ()) if isinstance(a, type) and issubclass(a, BaseModel)]
+        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else (inner[0] if inner else None)
+        if model is None:
+            return []
+    return list(getattr(model, "model_fields", {}))
+
+
+def _set_dotted(data: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    cur = data
+    for p in parts[:-1]:
+        nxt = cur.get(p)
+        if not isinstance(nxt, dict):
+            nxt = {}
+            cur[p] = nxt
+        cur = nxt
+    cur[parts[-1]] = value
+
+
+def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
+    out = []
+    problems = []
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip() or not all(key.split(".")):
+            problems.append(f"--set {item!r}: write it as KEY=VALUE with a dotted key, e.g. --set student.epochs=3")
+            continue
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        out.append((key.strip(), value))
+    if problems:
+        raise RecipeError(problems, "command line")
+    return out
+
+
+def load_recipe(path: Path | str | None = None, overrides: list[str] | None = None) -> Recipe:
+    """Read, override and validate a recipe; raise RecipeError listing every problem."""
+    path = Path(path) if path is not None else default_recipe_path()
+    source = str(path)
+    if not path.is_file():
+        raise RecipeError([f"no such file (shipped recipes: {', '.join(sorted(shipped_recipes()))}; "
+                           "`distill recipe list` shows them)"], source)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise RecipeError([f"not UTF-8 text (byte {e.start}); save the recipe as UTF-8"], source) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise RecipeError([f"{where}not valid YAML ({getattr(e, 'problem', None) or e})"], source) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise RecipeError([f"the top level must be a mapping of sections (name, data, teacher, ...), got {type(data).__name__}"], source)
+    lines = _key_lines(text)
+    overridden: set[tuple[str, ...]] = set()
+    for key, value in parse_overrides(overrides or []):
+        _set_dotted(data, key, value)
+        overridden.add(tuple(key.split(".")))
+    return validate_dict(data, source, lines, overridden)
+
+
+def validate_dict(data: dict, source: str = "<recipe>", lines: dict | None = None,
+                  overridden: set | None = None) -> Recipe:
+    lines = lines or {}
+    overridden = overridden or set()
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = tuple(str(p) for p in err["loc"])
+            dotted = ".".join(loc) or "(top level)"
+            if any(loc[: len(o)] == o for o in overridden):
+                where = "--set: "
+            elif loc in lines:
+                where = f"line {lines[loc]}: "
+            elif loc[:-1] in lines:
+                where = f"line {lines[loc[:-1]]}: "
+            else:
+                where = ""
+            if err["type"] == "extra_forbidden":
+                valid = _fields_at(loc[:-1])
+                near = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.6)
+                hint = f" Did you mean {near[0]!r}?" if near else ""
+                problems.append(f"{where}{dotted}: unknown key.{hint} Valid keys here: {', '.join(valid)}.")
+            else:
+                msg = err["msg"].removeprefix("Value error, ")
+                got = err.get("input")
+                shown = "" if isinstance(got, dict) or err["type"] == "missing" else f" (got {got!r})"
+                problems.append(f"{where}{dotted}: {msg}{shown}")
+        raise RecipeError(problems, source) from None
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    """The resolved recipe as YAML, every default filled in."""
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+def schema_markdown() -> str:
+    """The recipe reference as Markdown, generated from the schema so it cannot drift."""
+    out = ["| key | type | default | description |", "|---|---|---|---|"]
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, field in model.model_fields.items():
+            ann = field.annotation
+            key = f"{prefix}{name}"
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                walk(ann, key + ".")
+                continue
+            default = field.get_default(call_default_factory=True)
+            tname = getattr(ann, "__name__", None) or str(ann).replace("typing.", "")
+            desc = (field.description or "").replace("|", "\\|")
+            out.append(f"| `{key}` | {tname.replace('|', '/')} | `{default!r}` | {desc} |")
+
+    walk(Recipe, "")
+    return "\n".join(out)

@@ -1,0 +1,13 @@
+"""The stage table of `distill run` (DESIGN.md "Stages"). `fn=None` marks a stage not built yet."""
+
+from __future__ import annotations
+
+from distill.pipeline import Stage
+
+STAGES: list[Stage] = [
+    Stage("data", None, ("data",), (), "load, clean, split, few-shot, augment"),
+    Stage("teacher", None, ("data", "teacher", "device"), ("data",), "fine-tune the teacher"),
+    Stage("soft_labels", None, ("teacher",), ("data", "teacher"), "teacher logits on the transfer pool"),
+    Stage("student", None, ("student", "distill", "device"), ("data", "soft_labels"), "distill the student"),
+    Stage("evaluate", None, ("teacher", "student"), ("teacher", "student"), "test-split metrics"),
+]
