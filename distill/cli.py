@@ -210,8 +210,10 @@ def assets_list() -> None:
     from distill import assets
 
     table = Table(title="Assets (offline, from hash-pinned PyPI carriers)")
-    for col in ("reference", "status", "size", "what"):
-        table.add_column(col)
+    table.add_column("reference", no_wrap=True)
+    table.add_column("status")
+    table.add_column("size", no_wrap=True)
+    table.add_column("what")
     for a in assets.ASSETS.values():
         state, size = assets.status(a)
         colour = "green" if state == "installed" else "yellow"

@@ -1,0 +1,100 @@
+from __future__ import annotations
+
+import pytest
+
+from distill.errors import RecipeError
+from distill.recipe import Recipe, dump_recipe, load_recipe, schema_markdown, shipped_recipes
+
+
+def write(tmp_path, text: str, name: str = "recipe.yaml"):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_default_recipe_is_the_shipped_default():
+    r = load_recipe()
+    assert r.name == "default"
+    assert r.data.source == "builtin:rotten-tomatoes"
+    assert r.teacher.model == "packaged:minilm-l6"
+    assert r.student.layers == [0, 5]
+
+
+@pytest.mark.parametrize("name", sorted(shipped_recipes()))
+def test_every_shipped_recipe_validates_and_names_its_command(name):
+    path = shipped_recipes()[name]
+    load_recipe(path)
+    header = path.read_text().splitlines()[:8]
+    assert any("distill run" in line for line in header), f"{path} must name the command that runs it"
+
+
+def test_typo_in_section_names_key_file_line_and_suggestion(tmp_path):
+    p = write(tmp_path, "name: x\nstudnet:\n  epochs: 3\n")
+    with pytest.raises(RecipeError) as e:
+        load_recipe(p)
+    msg = str(e.value)
+    assert "studnet" in msg and str(p) in msg and "'student'" in msg and "line 2" in msg
+
+
+def test_every_problem_is_reported_at_once(tmp_path):
+    p = write(tmp_path, "teacher:\n  epocs: 2\n  learning_rate: -1\nstudent:\n  layers: [3, 1]\n"
+                        "distill:\n  losses: {kll: 1.0}\ndata:\n  splits: {train: 0.5, validation: 0.1, test: 0.1}\n")
+    with pytest.raises(RecipeError) as e:
+        load_recipe(p)
+    problems = e.value.problems
+    joined = "\n".join(problems)
+    assert len(problems) == 5, joined
+    assert "teacher.epocs" in joined and "'epochs'" in joined
+    assert "teacher.learning_rate" in joined and "line 3" in joined
+    assert "student.layers" in joined and "increasing" in joined
+    assert "'kll'" in joined and "'kl'" in joined
+    assert "sum to 1" in joined
+
+
+def test_set_overrides_are_typed_and_validated(tmp_path):
+    r = load_recipe(None, ["student.epochs=3", "distill.curriculum.scorer=margin", "data.few_shot=32",
+                           "student.layers=[0, 2, 4]"])
+    assert r.student.epochs == 3.0 and r.distill.curriculum.scorer == "margin"
+    assert r.data.few_shot == 32 and r.student.layers == [0, 2, 4]
+    with pytest.raises(RecipeError) as e:
+        load_recipe(None, ["student.epchs=3"])
+    assert "--set" in str(e.value) and "'epochs'" in str(e.value)
+    with pytest.raises(RecipeError) as e:
+        load_recipe(None, ["student.epochs"])
+    assert "KEY=VALUE" in str(e.value)
+
+
+def test_broken_yaml_and_wrong_top_level(tmp_path):
+    with pytest.raises(RecipeError) as e:
+        load_recipe(write(tmp_path, "name: [unclosed\n"))
+    assert "not valid YAML" in str(e.value)
+    with pytest.raises(RecipeError) as e:
+        load_recipe(write(tmp_path, "- a\n- b\n", "list.yaml"))
+    assert "mapping" in str(e.value)
+    with pytest.raises(RecipeError) as e:
+        load_recipe(tmp_path / "missing.yaml")
+    assert "no such file" in str(e.value)
+
+
+def test_quantized_teacher_needs_lora(tmp_path):
+    with pytest.raises(RecipeError) as e:
+        load_recipe(None, ["teacher.quantization=4bit"])
+    assert "lora" in str(e.value)
+    assert load_recipe(None, ["teacher.quantization=4bit", "teacher.lora={r: 4}"]).teacher.lora.r == 4
+
+
+def test_resolved_recipe_round_trips(tmp_path):
+    r = load_recipe(None, ["seed=7"])
+    p = write(tmp_path, dump_recipe(r), "resolved.yaml")
+    again = load_recipe(p)
+    assert again == r and again.seed == 7
+
+
+def test_schema_reference_covers_every_key():
+    md = schema_markdown()
+    for key in ("`name`", "`data.splits.train`", "`student.layers`", "`distill.curriculum.pacing`",
+                "`export.fp32_atol`", "`bench.targets`"):
+        assert key in md
+    # every leaf field has a description
+    assert "|  |" not in md.replace("| `", "|`")
+    assert Recipe.model_fields["data"].default_factory is not None

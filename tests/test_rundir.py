@@ -1,0 +1,105 @@
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from distill.errors import LockedError, RunDirError
+from distill.rundir import RunDir
+
+
+def _write(out, text="hello"):
+    (out / "a.txt").write_text(text)
+    (out / "sub").mkdir()
+    (out / "sub" / "b.txt").write_text(text * 2)
+
+
+def test_stage_lands_atomically_and_is_recorded(tmp_path):
+    rd = RunDir.prepare(tmp_path / "run")
+    res = rd.run_stage("data", {"x": 1}, _write, resume=False)
+    assert not res.skipped and (rd.path / "data" / "sub" / "b.txt").read_text() == "hellohello"
+    rec = json.loads((rd.path / "run.json").read_text())["stages"]["data"]
+    assert rec["status"] == "complete" and set(rec["outputs"]) == {"a.txt", "sub/b.txt"}
+    assert "torch" in rec["versions"] and rec["wall_s"] >= 0
+    assert not list(rd.path.glob(".*tmp*"))
+
+
+def test_failed_stage_leaves_nothing_that_looks_complete(tmp_path):
+    rd = RunDir.prepare(tmp_path / "run")
+
+    def boom(out):
+        (out / "half.txt").write_text("partial")
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        rd.run_stage("teacher", {}, boom, resume=False)
+    assert not (rd.path / "teacher").exists()
+    assert not list(rd.path.glob(".*tmp*"))
+    assert rd.read()["stages"]["teacher"]["status"] == "failed"
+
+
+def test_resume_reuses_only_unchanged_and_intact_stages(tmp_path):
+    rd = RunDir.prepare(tmp_path / "run")
+    calls = []
+
+    def fn(out):
+        calls.append(1)
+        _write(out)
+
+    rd.run_stage("data", {"x": 1}, fn, resume=True)
+    assert rd.run_stage("data", {"x": 1}, fn, resume=True).skipped
+    assert len(calls) == 1
+    # changed inputs: rebuilt
+    assert not rd.run_stage("data", {"x": 2}, fn, resume=True).skipped
+    # tampered output: detected and rebuilt, not trusted
+    (rd.path / "data" / "a.txt").write_text("tampered")
+    assert not rd.run_stage("data", {"x": 2}, fn, resume=True).skipped
+    assert (rd.path / "data" / "a.txt").read_text() == "hello"
+    # truncated (deleted) output: rebuilt
+    (rd.path / "data" / "sub" / "b.txt").unlink()
+    assert not rd.run_stage("data", {"x": 2}, fn, resume=True).skipped
+    assert len(calls) == 4
+
+
+def test_existing_run_dir_needs_resume_or_force(tmp_path):
+    rd = RunDir.prepare(tmp_path / "run")
+    rd.run_stage("data", {}, _write, resume=False)
+    with pytest.raises(RunDirError, match="--resume"):
+        RunDir.prepare(tmp_path / "run")
+    with pytest.raises(RunDirError, match="contradict"):
+        RunDir.prepare(tmp_path / "run", resume=True, force=True)
+    RunDir.prepare(tmp_path / "run", resume=True)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "x").write_text("not a run")
+    with pytest.raises(RunDirError, match="not a run directory"):
+        RunDir.prepare(tmp_path / "other", resume=True)
+
+
+def test_lock_refuses_a_live_holder_and_clears_a_dead_one(tmp_path):
+    rd = RunDir.prepare(tmp_path / "run")
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (rd.path / ".lock").write_text(json.dumps({"pid": holder.pid, "host": socket.gethostname(), "started": "t"}))
+        with pytest.raises(LockedError) as e:
+            with rd.lock():
+                pass
+        assert str(holder.pid) in str(e.value) and e.value.exit_code == 4
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder is gone: its lock is stale and is cleared
+    with rd.lock():
+        assert json.loads((rd.path / ".lock").read_text())["pid"] == os.getpid()
+    assert not (rd.path / ".lock").exists()
+
+
+def test_lock_clears_leftover_temporaries(tmp_path):
+    rd = RunDir.prepare(tmp_path / "run")
+    (rd.path / ".student.tmp-999").mkdir()
+    (rd.path / ".student.tmp-999" / "half.bin").write_bytes(b"x")
+    with rd.lock():
+        assert not (rd.path / ".student.tmp-999").exists()
