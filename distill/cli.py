@@ -198,6 +198,60 @@ def tune(
     _not_built("distill tune", "tune issue")
 
 
+# -------------------------------------------------------------------------------------------- data
+
+
+@data_app.command("inspect")
+@guarded
+def data_inspect(
+    source: Annotated[Optional[Path], typer.Argument(help="A recipe (.yaml) or a data file; default: the default recipe.")] = None,
+    set_: SetOpt = [],  # noqa: B006
+) -> None:
+    """Class counts per split, token-length percentiles, and what cleaning dropped and why."""
+    from rich.table import Table
+
+    from distill.data.inspect import inspect
+
+    if source is not None and source.suffix.lower() not in (".yaml", ".yml"):
+        rec = _load(None, [f"data.source={source}", *set_])
+    else:
+        rec = _load(source, set_)
+    rep = inspect(rec)
+    names = rep["labels"]
+    table = Table(title=f"{rep['source']}: {rep['rows_read']} rows read, {rep['rows_kept']} kept "
+                        f"(split seed {rep['split_seed']}{', grouped by ' + rep['group_by'] if rep['group_by'] else ''})")
+    table.add_column("split")
+    for n in names:
+        table.add_column(n, justify="right")
+    table.add_column("rows", justify="right")
+    for split, s in rep["splits"].items():
+        total = max(s["rows"], 1)
+        table.add_row(split, *[f"{s['by_class'][n]} ({s['by_class'][n] / total:.0%})" for n in names], str(s["rows"]))
+    table.add_row("transfer", *["" for _ in names], str(rep["transfer"]["rows"]))
+    if rep["augmented"]:
+        table.add_row("augmented", *["" for _ in names], str(rep["augmented"]))
+    out.print(table)
+    cleaning = Table(title="Cleaning")
+    cleaning.add_column("what")
+    cleaning.add_column("reason")
+    cleaning.add_column("rows", justify="right")
+    for kind in ("dropped", "changed"):
+        for reason, n in rep[kind].items():
+            cleaning.add_row(kind, reason.replace("_", " "), str(n))
+    out.print(cleaning)
+    if rep.get("groups_straddling"):
+        out.print(f"groups in more than one split: {rep['groups_straddling']}")
+    if rep.get("few_shot"):
+        out.print(f"few-shot: {rep['few_shot']}")
+    tl = rep.get("token_lengths")
+    if tl:
+        out.print("token lengths (" + tl["tokenizer"] + "): " + ", ".join(f"{k} {v}" for k, v in tl.items() if k != "tokenizer"))
+    if rep["conflicting_texts"]:
+        out.print(f"[yellow]{rep['conflicting_texts']} texts had conflicting labels and were dropped, e.g.:[/]")
+        for c in rep["conflicting_labels"][:5]:
+            out.print(f"  {c['labels']}: {c['text'][:80]!r}", highlight=False)
+
+
 # ------------------------------------------------------------------------------------------ assets
 
 

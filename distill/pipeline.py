@@ -34,6 +34,8 @@ class Stage:
     # Stages whose outputs the stage reads.
     after: tuple[str, ...] = ()
     description: str = ""
+    # Anything else that decides the output (e.g. the sha256 of a user's data file).
+    fingerprint: Optional[Callable[[Recipe], Any]] = None
 
 
 def _stages() -> list[Stage]:
@@ -80,6 +82,8 @@ def run_recipe(recipe: Recipe, run_dir: Path, *, resume: bool = False, force: bo
             inputs: dict[str, Any] = {s: _section(recipe, s) for s in stage.sections}
             inputs["seed"] = recipe.seed
             inputs["upstream"] = {dep: run.output_digest(dep) for dep in stage.after}
+            if stage.fingerprint:
+                inputs["fingerprint"] = stage.fingerprint(recipe)
             notify(stage.name, "start")
             res = run.run_stage(stage.name, inputs, lambda out, st=stage: st.fn(ctx, out), resume=resume)
             ctx.results[stage.name] = res

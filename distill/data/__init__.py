@@ -1,0 +1,1 @@
+"""The data stage: load, clean (with a report), split, few-shot, augment."""
