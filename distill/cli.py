@@ -170,12 +170,34 @@ def export_onnx(
     quantize: Annotated[Quantize, typer.Option(help="int8 quantization.")] = Quantize.dynamic,
     isa: Annotated[Isa, typer.Option(help="Instruction set to quantize for.")] = Isa.auto,
     optimize: Annotated[bool, typer.Option(help="ONNX Runtime transformer fusions.")] = True,
+    opset: Annotated[int, typer.Option(help="ONNX opset (11-21).")] = 17,
+    calibration_samples: Annotated[int, typer.Option(help="Training texts that calibrate static int8.")] = 256,
+    per_channel: Annotated[bool, typer.Option(help="Per-channel int8 weight scales.")] = False,
+    ort: Annotated[bool, typer.Option(help="Also write the .ort file and the mobile usability report.")] = True,
     output: Annotated[Optional[Path], typer.Option(help="Output folder (default: RUN/onnx).")] = None,
     allow_mismatch: Annotated[bool, typer.Option(help="Keep going when the parity gate fails.")] = False,
     force: Annotated[bool, typer.Option(help="Replace an existing --output folder.")] = False,
 ) -> None:
     """Export to ONNX -> fusions -> int8 -> parity gate -> .ort and mobile check."""
-    _not_built("distill export onnx", "export issue")
+    from rich.table import Table
+
+    from export.api import export_onnx as run_export
+
+    res = run_export(path, which=which.value, quantize=quantize.value, isa=isa.value, optimize=optimize, opset=opset,
+                     calibration_samples=calibration_samples, per_channel=per_channel, ort=ort,
+                     allow_mismatch=allow_mismatch, output=output, force=force)
+    for line in res.lines:
+        out.print(("[green]" if line.startswith("✓") else "[red]") + line + "[/]", highlight=False)
+    table = Table(title=f"ONNX export -> {res.output}")
+    for col in ("artifact", "size", "parity", "test accuracy"):
+        table.add_column(col)
+    for key, a in res.artifacts.items():
+        p = a["parity"]
+        check = f"{p['max_abs_diff']:.1e} max diff" if p["criterion"] == "max_abs_diff" else f"{p['label_agreement']:.1%} agree"
+        acc = a["accuracy"].get("test")
+        table.add_row(a["file"], f"{a['size_bytes'] / 1e6:.2f} MB", ("[green]✓[/] " if p["passed"] else "[red]✗[/] ") + check,
+                      f"{acc['accuracy']:.1%} (F1 {acc['macro_f1']:.3f})" if acc else "-")
+    out.print(table)
 
 
 @app.command()

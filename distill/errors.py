@@ -53,3 +53,7 @@ class NotBuiltError(DistillError):
 
 class ParityError(DistillError):
     exit_code = EXIT_PARITY
+
+
+class ExportError(DistillError):
+    """The model or folder given to `distill export onnx` cannot be exported as it is."""

@@ -58,7 +58,7 @@ def test_recipe_list_and_schema():
     assert r.exit_code == 0 and "`student.layers`" in r.output
 
 
-@pytest.mark.parametrize("args", [["export", "onnx", "."], ["bench", "."], ["tune"]])
+@pytest.mark.parametrize("args", [["bench", "."], ["tune"]])
 def test_unbuilt_commands_say_so_with_exit_2(args):
     r = invoke(*args)
     assert r.exit_code == 2 and "not built yet" in r.output

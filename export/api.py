@@ -1,0 +1,139 @@
+"""`export_onnx`: the one public entry point of the export stage (the CLI only forwards to it).
+
+Into a run directory the output is a stage of the run, RUN/onnx/ (RUN/onnx-teacher/ for the
+teacher), written under the run's lock by RunDir.run_stage: built in a hidden temporary sibling,
+renamed into place when complete, replacing the previous export. Anywhere else (a plain model
+folder, or an explicit `output`) the same temporary-sibling-then-rename rule applies, and an
+existing output folder is replaced only with force=True.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from distill.errors import ExportError, ParityError
+
+from export.pipeline import Options, build
+from export.source import resolve
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ExportResult:
+    output: Path
+    manifest: dict
+    lines: list[str] = field(default_factory=list)  # one ✓/✗ line per parity check
+
+    @property
+    def artifacts(self) -> dict[str, dict]:
+        return self.manifest["artifacts"]
+
+    @property
+    def passed(self) -> bool:
+        return all(a["parity"]["passed"] for a in self.artifacts.values())
+
+
+def export_onnx(path: Path | str, *, which: str = "student", quantize: str = "dynamic", isa: str = "auto",
+                optimize: bool = True, opset: int = 17, calibration_samples: int = 256, per_channel: bool = False,
+                ort: bool = True, allow_mismatch: bool = False, output: Path | str | None = None,
+                force: bool = False, fp32_atol: float = 1e-4, int8_min_agreement: float = 0.99,
+                data: Path | str | None = None) -> ExportResult:
+    """Export a run's student/teacher (or a model folder) to ONNX, fused, int8, parity-checked, .ort.
+
+    path: a run directory (models/NAME) or a Hugging Face model folder. data: for a model folder,
+    an optional JSONL of {"text", "label"} rows for the parity gate and accuracy (default: built-in
+    sentences, no accuracy). Raises ParityError (exit 3) when an artifact fails the parity gate,
+    after writing the output with that artifact marked failed, unless allow_mismatch.
+    """
+    _check_args(which=which, quantize=quantize, opset=opset, calibration_samples=calibration_samples)
+    opts = Options(which=which, quantize=quantize, isa=isa, optimize=optimize, opset=opset,
+                   calibration_samples=calibration_samples, per_channel=per_channel, ort=ort,
+                   allow_mismatch=allow_mismatch, fp32_atol=fp32_atol, int8_min_agreement=int8_min_agreement)
+    path = Path(path)
+    src = resolve(path, which=which, data=Path(data) if data else None)
+    if src.run_dir is not None and output is None:
+        manifest, out = _into_run(src, opts)
+    else:
+        out = Path(output) if output is not None else Path.cwd() / f"{src.model_dir.name}-onnx"
+        manifest = _into_folder(src, opts, out, force=force)
+    result = ExportResult(out, manifest, manifest["parity_gate"]["lines"])
+    if not result.passed:
+        failed = [k for k, a in result.artifacts.items() if not a["parity"]["passed"]]
+        if allow_mismatch:
+            log.warning("parity gate failed for %s; kept because allow_mismatch is set", ", ".join(failed))
+        else:
+            raise ParityError(f"The parity gate failed for {', '.join(failed)} (" + "; ".join(
+                line for line in result.lines if line.startswith("✗")) + f"). The export is saved in {out} with "
+                "those artifacts marked \"failed\" in export.json. Check the model (an int8 failure often means "
+                "near-tied logits: try --per-channel or --quantize static), or pass --allow-mismatch to keep them.")
+    return result
+
+
+def _check_args(*, which: str, quantize: str, opset: int, calibration_samples: int) -> None:
+    problems = []
+    if which not in ("student", "teacher"):
+        problems.append(f"which={which!r} (student or teacher)")
+    if quantize not in ("dynamic", "static", "none"):
+        problems.append(f"quantize={quantize!r} (dynamic, static or none)")
+    if not 11 <= opset <= 21:
+        problems.append(f"opset={opset} (11 to 21)")
+    if calibration_samples < 1:
+        problems.append(f"calibration_samples={calibration_samples} (at least 1)")
+    if problems:
+        raise ExportError("Invalid export options: " + "; ".join(problems) + ".")
+
+
+def _into_run(src, opts: Options) -> tuple[dict, Path]:
+    from distill.rundir import RunDir
+
+    rd = RunDir(src.run_dir)
+    name = "onnx" if opts.which == "student" else "onnx-teacher"
+    box: dict = {}
+    with rd.lock():
+        inputs = {"model": rd.output_digest(opts.which), "options": opts.__dict__}
+        rd.run_stage(name, inputs, lambda tmp: box.update(build(tmp, src, opts)), resume=False)
+        if not all(a["parity"]["passed"] for a in box["artifacts"].values()) and not opts.allow_mismatch:
+            rd.record(name, status="parity-failed")
+    return box, rd.path / name
+
+
+def _into_folder(src, opts: Options, out: Path, *, force: bool) -> dict:
+    if out.exists() and not force:
+        raise ExportError(f"The output folder {out} already exists. Pass --force to replace it, or --output "
+                          "another folder.")
+    if out.resolve() == src.model_dir.resolve() or src.model_dir.resolve() in out.resolve().parents:
+        raise ExportError(f"The output folder {out} is inside the model folder {src.model_dir}; choose another.")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _clear_dead_temporaries(out)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        manifest = build(tmp, src, opts)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}.tmp-x")
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+    return manifest
+
+
+def _clear_dead_temporaries(out: Path) -> None:
+    """Remove .NAME.tmp-PID siblings left by a killed export (their pid no longer exists)."""
+    from distill.rundir import _pid_alive
+
+    for child in out.parent.glob(f".{out.name}.tmp-*"):
+        pid = child.name.rsplit("-", 1)[-1]
+        if not pid.isdigit() or not _pid_alive(int(pid)):
+            log.info("removing %s, left by an interrupted export", child)
+            shutil.rmtree(child, ignore_errors=True)

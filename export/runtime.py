@@ -1,0 +1,69 @@
+"""Logits from PyTorch and from ONNX Runtime on the same tokenized batches.
+
+Both sides get identical int64 inputs (same tokenizer call, same padding and truncation), so any
+difference in the logits is the export's and not the tokenizer's.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+Batch = dict[str, np.ndarray]
+
+
+def tokenize(model_dir: Path, texts: list[str], *, batch_size: int = 32, max_length: int = 256) -> list[Batch]:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    limit = min(max_length, tok.model_max_length or max_length)
+    return [dict(tok(texts[i:i + batch_size], padding=True, truncation=True, max_length=limit, return_tensors="np"))
+            for i in range(0, len(texts), batch_size)]
+
+
+def load_torch_classifier(model_dir: Path):
+    """The PyTorch reference; refuses a folder whose classification head would be freshly random.
+
+    optimum's exporter loads the folder again by itself: a random head would differ between the two
+    loads, and the parity gate would compare two different models.
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    from distill.errors import ExportError
+
+    model, info = AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True,
+                                                                     output_loading_info=True)
+    if info.get("missing_keys"):
+        raise ExportError(f"{model_dir} has no trained classification head (missing in its safetensors: "
+                          f"{', '.join(sorted(info['missing_keys'])[:4])}). It is a base model; fine-tune or distill "
+                          "it into a classifier first (`distill run`), then export the run directory.")
+    return model.eval()
+
+
+def torch_logits(model, batches: list[Batch]) -> np.ndarray:
+    import torch
+
+    outs = []
+    with torch.inference_mode():
+        for b in batches:
+            outs.append(model(**{k: torch.from_numpy(v) for k, v in b.items()}).logits.float().numpy())
+    return np.concatenate(outs) if outs else np.zeros((0, model.config.num_labels), np.float32)
+
+
+def session(path: Path):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3  # the fused graphs make ORT warn about unused initializers
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def onnx_logits(path: Path, batches: list[Batch]) -> np.ndarray:
+    sess = session(path)
+    names = [i.name for i in sess.get_inputs()]
+    outs = [sess.run(["logits"], {n: b.get(n, np.zeros_like(b["input_ids"])).astype(np.int64) for n in names})[0] for b in batches]
+    return np.concatenate(outs) if outs else np.zeros((0, sess.get_outputs()[0].shape[-1] or 0), np.float32)

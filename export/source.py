@@ -1,0 +1,159 @@
+"""What is exported, and on which texts it is checked: a run directory or a plain model folder.
+
+A run directory (models/NAME with student/ or teacher/ and data/) gives the model and its own
+splits: validation for the parity gate, test for accuracy, train for static calibration. A plain
+Hugging Face model folder gives only the model: parity then runs on an optional data file
+(JSONL `{"text", "label"?}`) or on a small built-in set of sentences, and accuracy needs labels.
+The folder is checked before anything heavy runs, so that a bad input fails in a second with a
+message that names the file and the fix.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from itertools import product
+from pathlib import Path
+
+from distill.errors import ExportError
+
+log = logging.getLogger(__name__)
+
+# Plain model folders without a data file: 64 short sentences, positive and negative, so that a
+# classifier's labels are not all the same and label agreement means something.
+_SUBJECTS = ["the film", "this phone", "the service", "our trip", "the new album", "that book",
+             "the meal", "the update"]
+_VERDICTS = ["was wonderful and moving", "was a dull waste of time", "felt fresh and clever",
+             "broke after two days", "is the best I have seen this year", "was boring, slow and far too long",
+             "surprised me in a good way", "left me angry and disappointed"]
+DEFAULT_TEXTS = [f"{s} {v}" for s, v in product(_SUBJECTS, _VERDICTS)]
+
+
+@dataclass
+class Source:
+    model_dir: Path
+    config: dict
+    run_dir: Path | None = None  # None for a plain model folder
+    which: str = "student"
+    texts: dict[str, list[dict]] = field(default_factory=dict)  # split -> [{"text", "label"?}]
+    parity_split: str = "validation"
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.config.get("id2label") or {}) or int(self.config.get("num_labels", 2))
+
+    def describe(self) -> dict:
+        return {"kind": "run" if self.run_dir else "model-folder", "path": str(self.run_dir or self.model_dir),
+                "which": self.which if self.run_dir else None, "model_dir": str(self.model_dir),
+                "model_type": self.config.get("model_type"), "num_labels": self.num_labels,
+                "parity_split": self.parity_split,
+                "n": {k: len(v) for k, v in self.texts.items()}}
+
+
+def is_run_dir(path: Path) -> bool:
+    return (path / "data").is_dir() and ((path / "student").is_dir() or (path / "teacher").is_dir())
+
+
+def resolve(path: Path, *, which: str = "student", data: Path | None = None) -> Source:
+    path = Path(path)
+    if not path.is_dir():
+        raise ExportError(f"{path} is not a folder. Give a run directory (models/NAME, written by `distill run`) "
+                          "or a Hugging Face model folder (config.json + model.safetensors + tokenizer files).")
+    if is_run_dir(path):
+        model_dir = path / which
+        if not model_dir.is_dir():
+            raise ExportError(f"The run directory {path} has no {which}/ folder yet. Run `distill run` until the "
+                              f"{which} stage is complete, or pass --which "
+                              f"{'teacher' if which == 'student' else 'student'}.")
+        config = check_model_folder(model_dir)
+        texts = {split: read_jsonl(path / "data" / f"{split}.jsonl", required=split != "train")
+                 for split in ("validation", "test", "train")}
+        src = Source(model_dir, config, run_dir=path, which=which, texts=texts)
+        if not texts["validation"]:
+            log.warning("%s has no validation rows; the parity gate runs on the test split instead",
+                        path / "data" / "validation.jsonl")
+            src.parity_split = "test"
+        return src
+    config = check_model_folder(path)
+    if data is not None:
+        rows = read_jsonl(Path(data), required=True)
+        if not rows:
+            raise ExportError(f"{data} has no rows; give a JSONL file with one {{\"text\": ..., \"label\": ...}} per line.")
+        return Source(path, config, texts={"validation": rows, "test": rows if "label" in rows[0] else [],
+                                           "train": rows}, parity_split="validation")
+    rows = [{"text": t} for t in DEFAULT_TEXTS]
+    return Source(path, config, texts={"validation": rows, "test": [], "train": rows}, parity_split="builtin-texts")
+
+
+def read_jsonl(path: Path, *, required: bool) -> list[dict]:
+    if not path.exists():
+        if required:
+            raise ExportError(f"{path} is missing. A run directory's data/ holds train/validation/test.jsonl "
+                              "(models/README.md); rerun the data stage with `distill run --resume`.")
+        return []
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError:
+                raise ExportError(f"{path}, line {i}, is not valid JSON; each line must be an object such as "
+                                  '{"text": "...", "label": 0}. Fix or regenerate the file.') from None
+            if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+                raise ExportError(f"{path}, line {i}, has no string \"text\" field; each line must be an object "
+                                  'such as {"text": "...", "label": 0}.')
+            rows.append(row)
+    return rows
+
+
+def supported_model_types() -> list[str]:
+    """Model types optimum's ONNX exporter supports for text-classification."""
+    import optimum.exporters.onnx.model_configs  # noqa: F401 - registers the ONNX configs
+    from optimum.exporters.tasks import TasksManager
+
+    return sorted(m for m, d in TasksManager._SUPPORTED_MODEL_TYPE.items() if "text-classification" in d.get("onnx", {}))
+
+
+def check_model_folder(folder: Path) -> dict:
+    """config.json readable, an exportable architecture, safetensors weights whose headers are intact."""
+    cfg_file = folder / "config.json"
+    if not cfg_file.exists():
+        raise ExportError(f"{folder} holds no model: {cfg_file.name} is missing. Give a folder written by "
+                          "save_pretrained (config.json, model.safetensors, tokenizer files), or a run directory.")
+    try:
+        config = json.loads(cfg_file.read_text())
+    except ValueError:
+        raise ExportError(f"{cfg_file} is not valid JSON; restore it from the model's source.") from None
+    weights = sorted(folder.glob("*.safetensors"))
+    if not weights:
+        pickled = sorted(p.name for p in folder.glob("*.bin"))
+        hint = (f" It has {', '.join(pickled)} (pickle), which is never loaded here: convert it to safetensors "
+                "where you trust its source (model.save_pretrained(dir, safe_serialization=True)).") if pickled else ""
+        raise ExportError(f"{folder} holds no model weights: no *.safetensors file next to config.json.{hint}")
+    for w in weights:
+        _check_safetensors(w)
+    model_type = config.get("model_type")
+    supported = supported_model_types()
+    if model_type not in supported:
+        raise ExportError(f"{cfg_file}: model_type {model_type!r} cannot be exported for text classification by "
+                          f"optimum's ONNX exporter. Supported: {', '.join(supported)}. Distill into one of these "
+                          "architectures (student.init: pretrained) and export that.")
+    return config
+
+
+def _check_safetensors(path: Path) -> None:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, "pt") as f:
+            if not list(f.keys()):
+                raise ExportError(f"{path} holds no tensors; re-save the model with save_pretrained.")
+    except ExportError:
+        raise
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error type for every header problem
+        raise ExportError(f"{path} is corrupt or truncated ({e}). Copy or download it again, or rerun the "
+                          "stage that wrote it (`distill run --resume` rebuilds a stage whose files no longer "
+                          "match their sha256).") from None

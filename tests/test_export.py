@@ -1,0 +1,260 @@
+"""The export stage on a tiny BERT: artifacts, numbers, parity gate, atomic output, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from distill.errors import ExportError, ParityError
+from export.api import export_onnx
+from tiny import CORPUS, make_tiny_bert
+
+REPO = Path(__file__).resolve().parents[1]
+FAST = {"quantize": "none", "ort": False}  # the quickest complete export, for tests about the folder
+
+
+def make_run(root: Path, model: Path, *, teacher: bool = False) -> Path:
+    """A run directory as `distill run` leaves it (models/README.md): student/ + data/*.jsonl."""
+    run = root / "models" / "tiny"
+    shutil.copytree(model, run / "student")
+    if teacher:
+        shutil.copytree(model, run / "teacher")
+    (run / "data").mkdir(parents=True)
+    rows = [{"text": f"{t} {w}", "label": i % 2} for w in ("indeed", "really", "so", "truly")
+            for i, t in enumerate(CORPUS)]  # CORPUS alternates positive / negative
+    for split, part in (("train", rows[:16]), ("validation", rows[16:24]), ("test", rows[24:])):
+        (run / "data" / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part))
+    return run
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_bert, tmp_path_factory):
+    """The default export (dynamic int8, fusions, .ort, mobile check) of a tiny run, done once."""
+    run = make_run(tmp_path_factory.mktemp("run"), tiny_bert)
+    return run, export_onnx(run)
+
+
+def test_default_export_writes_every_artifact_and_export_json(exported):
+    run, res = exported
+    onnx = run / "onnx"
+    assert res.output == onnx and res.passed
+    for f in ("model.onnx", "model.int8-dynamic.onnx", "model.int8-dynamic.ort", "required_operators.config",
+              "mobile_usability.txt", "export.json", "tokenizer.json", "config.json"):
+        assert (onnx / f).is_file(), f
+    doc = json.loads((onnx / "export.json").read_text())
+    assert doc["schema"] == 1 and doc["opset"] == 17 and doc["isa"] in ("avx512_vnni", "avx2", "arm64")
+    assert set(doc["artifacts"]) == {"fp32", "int8-dynamic", "int8-dynamic-ort"}
+    assert doc["fusions"] == {"EmbedLayerNormalization": 1, "Attention": 2, "BiasGelu": 2, "SkipLayerNormalization": 4}
+    fp32, int8 = doc["artifacts"]["fp32"], doc["artifacts"]["int8-dynamic"]
+    assert fp32["parity"]["max_abs_diff"] <= 1e-4 and fp32["parity"]["n"] == 8
+    assert int8["parity"]["label_agreement"] >= 0.99
+    assert int8["size_bytes"] < 0.5 * fp32["size_bytes"]
+    for a in doc["artifacts"].values():
+        assert a["status"] == "ok" and a["parity"]["passed"]
+        assert a["accuracy"]["test"]["n"] == 8 and 0 <= a["accuracy"]["test"]["macro_f1"] <= 1
+        assert a["size_bytes"] == (onnx / a["file"]).stat().st_size
+    from distill.rundir import sha256_file
+
+    assert fp32["sha256"] == sha256_file(onnx / "model.onnx")
+    assert set(doc["mobile"]["eps"]) == {"NNAPI", "CoreML MLProgram", "CoreML NeuralNetwork"}
+    ops = (onnx / "required_operators.config").read_text()
+    assert "QAttention" in ops and "# - model.int8-dynamic.ort" in ops
+    assert [line[0] for line in res.lines] == ["✓", "✓", "✓"]
+    stage = json.loads((run / "run.json").read_text())["stages"]["onnx"]
+    assert stage["status"] == "complete" and "export.json" in stage["outputs"]
+    assert not [p for p in run.iterdir() if ".tmp-" in p.name]
+
+
+@pytest.mark.parametrize("file_name", ["model.onnx", "model.int8-dynamic.onnx"])
+def test_folder_loads_with_optimum_ortmodel(exported, file_name):
+    from optimum.onnxruntime import ORTModelForSequenceClassification
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    run, _ = exported
+    folder = run / "onnx"
+    model = ORTModelForSequenceClassification.from_pretrained(folder, file_name=file_name)
+    tok = AutoTokenizer.from_pretrained(folder)
+    inputs = tok(CORPUS, padding=True, return_tensors="pt")
+    ref = AutoModelForSequenceClassification.from_pretrained(run / "student").eval()(**inputs).logits.detach()
+    got = model(**inputs).logits
+    tol = 1e-4 if file_name == "model.onnx" else 0.05
+    assert np.abs(got.numpy() - ref.numpy()).max() <= tol
+
+
+def test_static_int8_of_the_teacher_goes_to_onnx_teacher(tiny_bert, tmp_path):
+    run = make_run(tmp_path, tiny_bert, teacher=True)
+    res = export_onnx(run, which="teacher", quantize="static", per_channel=True, calibration_samples=8)
+    assert res.output == run / "onnx-teacher" and not (run / "onnx").exists()
+    a = res.artifacts["int8-static"]
+    assert a["parity"]["label_agreement"] >= 0.99 and a["status"] == "ok"
+    assert set(res.artifacts) == {"fp32", "int8-static", "int8-static-ort"}
+    assert res.manifest["per_channel"] is True
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(run / "onnx-teacher" / a["file"])).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+
+
+def test_dynamic_pass_uses_the_isa_preset(exported, tmp_path):
+    import onnx
+
+    from export import quantize
+
+    run, _ = exported
+    types = {}
+    for isa in ("avx2", "avx512_vnni"):
+        quantize.dynamic(run / "onnx" / "model.onnx", tmp_path / f"{isa}.onnx", isa=isa)
+        g = onnx.load(str(tmp_path / f"{isa}.onnx")).graph
+        inits = {i.name: i.data_type for i in g.initializer}
+        types[isa] = {inits[n.input[1]] for n in g.node if n.op_type in ("MatMulInteger", "QAttention")}
+    assert types == {"avx2": {onnx.TensorProto.UINT8}, "avx512_vnni": {onnx.TensorProto.INT8}}
+
+
+def test_isa_missing_on_host_warns(caplog):
+    from export import quantize
+
+    assert quantize.host_isa() in quantize.PRESETS
+    foreign = "avx2" if quantize.host_isa() == "arm64" else "arm64"
+    with caplog.at_level("WARNING"):
+        assert quantize.resolve_isa(foreign) == foreign
+    assert "lacks" in caplog.text
+    with pytest.raises(ExportError, match="avx512_vnni"):
+        quantize.resolve_isa("sse4")
+
+
+def test_reexport_via_cli_replaces_previous_output(tiny_bert, tmp_path):
+    from typer.testing import CliRunner
+
+    from distill.cli import app
+
+    run = make_run(tmp_path, tiny_bert)
+    export_onnx(run, ort=False)
+    assert (run / "onnx" / "model.int8-dynamic.onnx").exists()
+    r = CliRunner().invoke(app, ["export", "onnx", str(run), "--quantize", "none", "--no-ort", "--opset", "14"])
+    assert r.exit_code == 0, r.output
+    assert "✓ fp32" in r.output and "model.onnx" in r.output
+    assert sorted(p.name for p in (run / "onnx").glob("model*")) == ["model.onnx"]
+    assert json.loads((run / "onnx" / "export.json").read_text())["opset"] == 14
+
+
+def test_existing_output_is_refused_unless_force(tiny_bert, tmp_path):
+    out = tmp_path / "out"
+    export_onnx(tiny_bert, output=out, **FAST)
+    marker = out / "mine.txt"
+    marker.write_text("keep?")
+    with pytest.raises(ExportError, match="--force"):
+        export_onnx(tiny_bert, output=out, **FAST)
+    assert marker.exists()
+    res = export_onnx(tiny_bert, output=out, force=True, **FAST)
+    assert not marker.exists() and res.manifest["source"]["parity_split"] == "builtin-texts"
+
+
+def test_plain_folder_with_a_data_file_gets_accuracy(tiny_bert, tmp_path):
+    data = tmp_path / "texts.jsonl"
+    data.write_text("".join(json.dumps({"text": t, "label": i % 2}) + "\n" for i, t in enumerate(CORPUS)))
+    res = export_onnx(tiny_bert, output=tmp_path / "out", data=data, **FAST)
+    assert res.artifacts["fp32"]["accuracy"]["test"]["n"] == len(CORPUS)
+
+
+def test_parity_failure_exits_3_and_marks_the_artifact_failed(tmp_path):
+    """Logits of ~1e5 (a scaled head): float32 rounding alone moves them by more than 1e-4."""
+    from safetensors.torch import load_file, save_file
+    from typer.testing import CliRunner
+
+    from distill.cli import app
+
+    model = make_tiny_bert(tmp_path / "loud")
+    weights = load_file(model / "model.safetensors")
+    weights["classifier.weight"] = weights["classifier.weight"] * 1e6
+    save_file({k: v.contiguous() for k, v in weights.items()}, model / "model.safetensors", metadata={"format": "pt"})
+    out = tmp_path / "out"
+    r = CliRunner().invoke(app, ["export", "onnx", str(model), "--output", str(out), "--quantize", "none", "--no-ort"])
+    assert r.exit_code == 3, r.output
+    assert "parity gate failed" in r.output
+    doc = json.loads((out / "export.json").read_text())
+    assert doc["artifacts"]["fp32"]["status"] == "failed" and not doc["artifacts"]["fp32"]["parity"]["passed"]
+    res = export_onnx(model, output=out, force=True, allow_mismatch=True, **FAST)
+    assert not res.passed and res.artifacts["fp32"]["status"] == "ok"
+    with pytest.raises(ParityError) as e:
+        export_onnx(model, output=out, force=True, **FAST)
+    assert e.value.exit_code == 3
+
+
+# ------------------------------------------------------------------------------------------ bad input
+
+
+def test_folder_without_a_model(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ExportError, match="config.json is missing"):
+        export_onnx(tmp_path / "empty")
+    with pytest.raises(ExportError, match="not a folder"):
+        export_onnx(tmp_path / "nope")
+
+
+def test_folder_with_pickled_weights_only(tiny_bert, tmp_path):
+    model = tmp_path / "m"
+    shutil.copytree(tiny_bert, model)
+    os.replace(model / "model.safetensors", model / "pytorch_model.bin")
+    with pytest.raises(ExportError, match="pytorch_model.bin"):
+        export_onnx(model)
+
+
+def test_truncated_safetensors(tiny_bert, tmp_path):
+    model = tmp_path / "m"
+    shutil.copytree(tiny_bert, model)
+    w = model / "model.safetensors"
+    w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
+    with pytest.raises(ExportError, match=r"model\.safetensors is corrupt or truncated"):
+        export_onnx(model)
+    assert not (tmp_path / "m-onnx").exists()
+
+
+def test_unsupported_architecture_names_the_supported_ones(tmp_path):
+    from transformers import CTRLConfig, CTRLForSequenceClassification
+
+    model = tmp_path / "ctrl"
+    CTRLForSequenceClassification(CTRLConfig(vocab_size=50, n_positions=32, n_embd=16, dff=32, n_layer=1,
+                                             n_head=2)).save_pretrained(model)
+    with pytest.raises(ExportError, match="'ctrl' cannot be exported") as e:
+        export_onnx(model)
+    assert "bert" in str(e.value) and "distilbert" in str(e.value)
+
+
+def test_base_model_without_classification_head(tiny_bert, tmp_path):
+    from transformers import AutoModel
+
+    AutoModel.from_pretrained(tiny_bert).save_pretrained(tmp_path / "base")
+    for f in tiny_bert.glob("*token*"):
+        shutil.copy(f, tmp_path / "base")
+    with pytest.raises(ExportError, match="no trained classification head"):
+        export_onnx(tmp_path / "base", output=tmp_path / "out")
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.tmp-*"))
+
+
+def test_run_without_student_yet(tiny_bert, tmp_path):
+    run = make_run(tmp_path, tiny_bert)
+    shutil.rmtree(run / "student")
+    (run / "teacher").mkdir()
+    with pytest.raises(ExportError, match="no student/ folder yet"):
+        export_onnx(run)
+
+
+def test_killed_export_leaves_nothing_that_looks_complete(tiny_bert, tmp_path):
+    run = make_run(tmp_path, tiny_bert)
+    env = {**os.environ, "DISTILL_FAULT": "export:quantized", "PYTHONPATH": str(REPO)}
+    p = subprocess.run([sys.executable, "-c", f"from export.api import export_onnx; export_onnx({str(run)!r})"],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == -9, p.stderr[-2000:]
+    assert not (run / "onnx").exists()
+    assert [x.name for x in run.glob(".onnx.tmp-*")]  # the half-written export is hidden under a temporary name
+    assert json.loads((run / "run.json").read_text())["stages"]["onnx"]["status"] == "running"
+    res = export_onnx(run, **FAST)  # the stale lock and the temporary folder are cleared
+    assert res.passed and (run / "onnx" / "export.json").exists()
+    assert not list(run.glob(".onnx.tmp-*")) and not (run / ".lock").exists()
