@@ -1,0 +1,117 @@
+"""Teacher logits for every text the student trains on, computed once and cached by text hash.
+
+The student then trains without the teacher in memory, and teacher and student may tokenize
+differently. Pool = labelled train rows + transfer pool + augmented texts (data/*.jsonl).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from distill.data.prepare import read_labels, read_split
+
+log = logging.getLogger(__name__)
+
+
+def text_key(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def student_pool(data_dir: Path) -> list[dict[str, Any]]:
+    """Every text the student sees, with its gold label where training may use it (else None)."""
+    pool = [{"text": r["text"], "label": r["label"], "origin": "train"} for r in read_split(data_dir, "train")]
+    pool += [{"text": r["text"], "label": None, "gold": r.get("gold"), "origin": "transfer"}
+             for r in read_split(data_dir, "transfer")]
+    pool += [{"text": r["text"], "label": None, "origin": "augmented"} for r in read_split(data_dir, "augmented")]
+    return pool
+
+
+class SoftLabels:
+    """logits.safetensors + index.json: text sha256 -> row."""
+
+    def __init__(self, logits: np.ndarray, index: dict[str, int]):
+        self.logits, self.index = logits, index
+
+    @classmethod
+    def load(cls, folder: Path) -> "SoftLabels":
+        from safetensors.numpy import load_file
+
+        return cls(load_file(str(folder / "logits.safetensors"))["logits"],
+                   json.loads((folder / "index.json").read_text()))
+
+    def save(self, folder: Path) -> None:
+        from safetensors.numpy import save_file
+
+        save_file({"logits": np.ascontiguousarray(self.logits, dtype=np.float32)}, str(folder / "logits.safetensors"))
+        (folder / "index.json").write_text(json.dumps(self.index) + "\n")
+
+    def get(self, texts: Sequence[str]) -> np.ndarray:
+        return self.logits[[self.index[text_key(t)] for t in texts]]
+
+    def missing(self, texts: Sequence[str]) -> list[str]:
+        return [t for t in texts if text_key(t) not in self.index]
+
+    def extended(self, texts: Sequence[str], logits: np.ndarray) -> "SoftLabels":
+        index = dict(self.index)
+        rows = []
+        for t, row in zip(texts, logits):
+            k = text_key(t)
+            if k not in index:
+                index[k] = len(self.logits) + len(rows)
+                rows.append(row)
+        if not rows:
+            return self
+        return SoftLabels(np.concatenate([self.logits, np.stack(rows)]), index)
+
+
+def label_texts(teacher: Any, tokenizer: Any, texts: Sequence[str], max_length: int,
+                previous: Optional[SoftLabels] = None) -> SoftLabels:
+    """Soft labels for texts, running the teacher only on texts the previous cache lacks."""
+    from distill.training import predict_logits
+
+    base = previous or SoftLabels(np.zeros((0, teacher.config.num_labels), np.float32), {})
+    todo = list(dict.fromkeys(base.missing(texts)))
+    if todo:
+        logits = predict_logits(teacher, tokenizer, todo, max_length)
+        base = base.extended(todo, logits)
+    return base
+
+
+def soft_labels_stage(ctx: Any, out: Path) -> None:
+    from distill.teacher import load_teacher
+
+    run = ctx.run.path
+    teacher, tok = load_teacher(run / "teacher")
+    tmetrics = json.loads((run / "teacher" / "metrics.json").read_text())
+    pool = student_pool(run / "data")
+    names = read_labels(run / "data")
+    t0 = time.perf_counter()
+    soft = label_texts(teacher, tok, [p["text"] for p in pool], tmetrics["max_length"])
+    wall = time.perf_counter() - t0
+    soft.save(out)
+    report: dict[str, Any] = {"texts": len(soft.index), "wall_s": round(wall, 1),
+                              "texts_per_s": round(len(soft.index) / max(wall, 1e-9), 1),
+                              "by_origin": {o: sum(p["origin"] == o for p in pool) for o in ("train", "transfer", "augmented")}}
+    gold = [p for p in pool if p.get("gold") is not None]
+    if gold:  # few-shot simulation: how good are the pseudo-labels the student will learn from?
+        pred = soft.get([p["text"] for p in gold]).argmax(-1)
+        report["pseudo_label_accuracy"] = float(np.mean(pred == np.array([p["gold"] for p in gold])))
+        report["pseudo_label_n"] = len(gold)
+    probs = _softmax(soft.logits)
+    report["teacher_confidence_mean"] = float(probs.max(-1).mean()) if len(probs) else None
+    report["label_distribution"] = {names[i]: int(c) for i, c in enumerate(np.bincount(probs.argmax(-1), minlength=len(names)))} if len(probs) else {}
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    log.info("soft labels: %d texts in %.1f s%s", len(soft.index), wall,
+             f"; pseudo-label accuracy {report['pseudo_label_accuracy']:.4f}" if gold else "")
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)

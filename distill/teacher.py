@@ -1,0 +1,164 @@
+"""The teacher stage: fine-tune any sequence classifier with the Hugging Face Trainer (full weights,
+LoRA, or QLoRA through bitsandbytes on CUDA), evaluate it, and list likely label noise."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from distill.data.prepare import read_labels, read_split
+from distill.device import choose_device
+from distill.errors import DistillError
+from distill.modeling import count_parameters, load_classifier, load_tokenizer, num_layers
+from distill.rundir import digest
+from distill.training import (compute_metrics_fn, evaluate_rows, jsonl_logger, last_checkpoint, pick_max_length,
+                              tokenized, training_arguments)
+
+log = logging.getLogger(__name__)
+
+ADAPTER_INFO = "adapter_base.json"
+
+
+def _apply_lora(model: Any, lora: Any, quantized: bool) -> Any:
+    try:
+        from peft import LoraConfig, TaskType, get_peft_model, prepare_model_for_kbit_training
+    except ImportError:
+        raise DistillError("teacher.lora needs peft: pip install -c requirements/constraints.txt 'edge-distill[gpu]'") from None
+    if quantized:
+        model = prepare_model_for_kbit_training(model)
+    cfg = LoraConfig(task_type=TaskType.SEQ_CLS, r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                     target_modules=lora.target_modules)
+    model = get_peft_model(model, cfg)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log.info("LoRA: %d trainable parameters of %d", trainable, count_parameters(model))
+    return model
+
+
+def _subsample(rows: list[dict[str, Any]], n: int | None, seed: int) -> list[dict[str, Any]]:
+    if not n or len(rows) <= n:
+        return rows
+    rng = np.random.default_rng(seed)
+    return [rows[i] for i in sorted(rng.choice(len(rows), size=n, replace=False))]
+
+
+def label_noise(rows: list[dict[str, Any]], logits: np.ndarray, names: list[str], threshold: float) -> list[dict[str, Any]]:
+    """Training rows where the teacher gives another label a probability above threshold."""
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    out = []
+    for i, (row, p) in enumerate(zip(rows, probs)):
+        pred = int(p.argmax())
+        if pred != row["label"] and p[pred] >= threshold:
+            out.append({"row": i, "text": row["text"], "gold": names[row["label"]], "teacher": names[pred],
+                        "teacher_prob": round(float(p[pred]), 4)})
+    return sorted(out, key=lambda r: -r["teacher_prob"])
+
+
+def teacher_stage(ctx: Any, out: Path) -> None:
+    from transformers import DataCollatorWithPadding, EarlyStoppingCallback, Trainer
+
+    r, t = ctx.recipe, ctx.recipe.teacher
+    data_dir = ctx.run.path / "data"
+    names = read_labels(data_dir)
+    train = _subsample(read_split(data_dir, "train"), t.max_train_samples, r.seed)
+    val, test = read_split(data_dir, "validation"), read_split(data_dir, "test")
+    device = choose_device(r.device)
+    tok = load_tokenizer(t.model, t.trust_remote_code)
+    max_length = pick_max_length(tok, [row["text"] for row in train], t.max_length)
+    model = load_classifier(t.model, names, trust_remote_code=t.trust_remote_code, allow_pickle=t.allow_pickle,
+                            dropout=t.dropout, quantization=t.quantization)
+    if t.quantization != "none" and device.device != "cuda":
+        log.warning("teacher.quantization=%s on CPU: bitsandbytes' CPU backend is slow and partial", t.quantization)
+    if t.lora:
+        model = _apply_lora(model, t.lora, t.quantization != "none")
+    log.info("teacher %s: %d layers, %d parameters, max_length %d, %s %s", t.model, num_layers(model) or -1,
+             count_parameters(model), max_length, device.device, device.precision)
+
+    t0 = time.perf_counter()
+    train_info: dict[str, Any] = {"trained": t.train}
+    if t.train:
+        ckpt_dir = ctx.run.path / "checkpoints" / "teacher"
+        stage_digest = ctx.run.read()["stages"].get("teacher", {}).get("inputs_sha256", "")
+        resume_from = last_checkpoint(ckpt_dir, stage_digest)
+        if not resume_from:
+            shutil.rmtree(ckpt_dir, ignore_errors=True)
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        (ckpt_dir / "inputs.sha256").write_text(stage_digest)
+        callbacks = [jsonl_logger(ctx.run.path / "logs" / "train.jsonl", "teacher")]
+        if t.early_stopping_patience and val:
+            callbacks.append(EarlyStoppingCallback(early_stopping_patience=t.early_stopping_patience))
+        trainer = Trainer(
+            model=model,
+            args=training_arguments(t, ckpt_dir, device, r.seed, has_eval=bool(val)),
+            train_dataset=tokenized(tok, train, max_length, ["label"]).rename_column("label", "labels"),
+            eval_dataset=tokenized(tok, val, max_length, ["label"]).rename_column("label", "labels") if val else None,
+            data_collator=DataCollatorWithPadding(tok),
+            compute_metrics=compute_metrics_fn(len(names)),
+            callbacks=callbacks,
+        )
+        if resume_from:
+            log.info("teacher: resuming from %s", resume_from)
+        result = trainer.train(resume_from_checkpoint=resume_from)
+        model = trainer.model
+        train_info.update(steps=result.global_step, train_loss=result.training_loss,
+                          best_checkpoint=Path(trainer.state.best_model_checkpoint or "").name or None)
+    train_info["wall_s"] = round(time.perf_counter() - t0, 1)
+
+    if t.lora and t.quantization == "none":
+        model = model.merge_and_unload()  # a plain model: exportable, loadable without peft
+    model.eval()
+    metrics: dict[str, Any] = {"model": t.model, "max_length": max_length, "device": device.device,
+                               "precision": device.precision, "train": train_info,
+                               "parameters": count_parameters(model), "layers": num_layers(model)}
+    t1 = time.perf_counter()
+    metrics["validation"], _ = evaluate_rows(model, tok, val, max_length, len(names)) if val else ({}, None)
+    metrics["test"], _ = evaluate_rows(model, tok, test, max_length, len(names))
+    noise_metrics, train_logits = evaluate_rows(model, tok, train, max_length, len(names))
+    metrics["train_fit"] = {k: noise_metrics[k] for k in ("accuracy", "n")}
+    metrics["eval_wall_s"] = round(time.perf_counter() - t1, 1)
+    noisy = label_noise(train, train_logits, names, r.data.label_noise_threshold)
+    metrics["label_noise"] = {"flagged": len(noisy), "threshold": r.data.label_noise_threshold,
+                              "policy": r.data.label_noise}
+    log.info("teacher: test accuracy %.4f, macro-F1 %.4f; %d training rows flagged as likely label noise",
+             metrics["test"]["accuracy"], metrics["test"]["macro_f1"], len(noisy))
+
+    if t.quantization != "none":
+        model.save_pretrained(out)  # the adapter; the quantized base is reloaded from its reference
+        (out / ADAPTER_INFO).write_text(json.dumps({"base": t.model, "quantization": t.quantization,
+                                                    "names": names}) + "\n")
+    else:
+        model.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    if r.data.label_noise != "keep":
+        (out / "label_noise.json").write_text(json.dumps(noisy, indent=2, ensure_ascii=False) + "\n")
+    shutil.rmtree(ctx.run.path / "checkpoints" / "teacher", ignore_errors=True)
+
+
+def load_teacher(folder: Path) -> tuple[Any, Any]:
+    """The fine-tuned teacher of a run (a full model, or a quantized base plus its LoRA adapter)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(folder)
+    info = folder / ADAPTER_INFO
+    if info.exists():
+        from peft import PeftModel
+
+        meta = json.loads(info.read_text())
+        base = load_classifier(meta["base"], meta["names"], quantization=meta["quantization"])
+        return PeftModel.from_pretrained(base, folder).eval(), tok
+    return AutoModelForSequenceClassification.from_pretrained(folder, use_safetensors=True).eval(), tok
+
+
+def teacher_fingerprint(recipe: Any) -> Any:
+    """A local teacher folder's files decide the stage's output too."""
+    from distill.rundir import hash_tree
+
+    p = Path(recipe.teacher.model)
+    return digest(hash_tree(p)) if p.is_dir() else None

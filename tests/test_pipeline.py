@@ -1,0 +1,140 @@
+"""The whole `distill run` on a tiny BERT and a small CSV, through the real CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from test_data import corpus, write_csv
+from typer.testing import CliRunner
+
+from distill.cli import app
+from distill.recipe import load_recipe
+
+FAST = ["teacher.epochs=4", "teacher.warmup_ratio=0", "teacher.early_stopping_patience=0", "student.epochs=2", "teacher.batch_size=8", "student.batch_size=8",
+        "student.layers=[1]", "teacher.learning_rate=5e-3", "student.learning_rate=5e-3"]
+
+
+@pytest.fixture(scope="module")
+def csv_path(tmp_path_factory):
+    return write_csv(tmp_path_factory.mktemp("data"), corpus(8))
+
+
+def run(tmp_path, tiny_bert, csv_path, *extra, name="t"):
+    args = ["run", "--models-dir", str(tmp_path / "models")]
+    for s in [f"data.source={csv_path}", f"teacher.model={tiny_bert}", f"name={name}", *FAST, *extra]:
+        args += ["--set", s]
+    return CliRunner().invoke(app, args)
+
+
+def test_full_run_writes_every_stage_and_resume_reuses_them(tmp_path, tiny_bert, csv_path):
+    r = run(tmp_path, tiny_bert, csv_path)
+    assert r.exit_code == 0, r.output
+    rd = tmp_path / "models" / "t"
+    ledger = json.loads((rd / "run.json").read_text())["stages"]
+    assert [ledger[s]["status"] for s in ("data", "teacher", "soft_labels", "student", "evaluate")] == ["complete"] * 5
+    t = json.loads((rd / "teacher" / "metrics.json").read_text())
+    s = json.loads((rd / "student" / "metrics.json").read_text())
+    assert t["layers"] == 2 and s["layers"] == 1 and s["parameters"] < t["parameters"]
+    assert t["test"]["n"] == s["test"]["n"] > 0 and 0 <= s["test"]["accuracy"] <= 1
+    # the tiny teacher learns this separable toy task
+    assert t["test"]["accuracy"] >= 0.9, t["test"]
+    assert (rd / "student" / "model.safetensors").exists() and (rd / "student" / "README.md").exists()
+    assert "keeps" in (rd / "student" / "README.md").read_text()
+    summary = json.loads((rd / "evaluate" / "summary.json").read_text())
+    assert set(summary["rows"]) == {"teacher", "student", "tfidf_logreg"}
+    soft = json.loads((rd / "soft_labels" / "report.json").read_text())
+    assert soft["texts"] == len((rd / "data" / "train.jsonl").read_text().splitlines())
+    logs = [json.loads(x) for x in (rd / "logs" / "train.jsonl").read_text().splitlines()]
+    assert {x["stage"] for x in logs} == {"teacher", "student"}
+    assert not (rd / "checkpoints" / "teacher").exists()
+
+    args = ["run", "--models-dir", str(tmp_path / "models"), "--resume"]
+    for x in [f"data.source={csv_path}", f"teacher.model={tiny_bert}", "name=t", *FAST]:
+        args += ["--set", x]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0 and r.output.count("reused") == 5, r.output
+    # changing only the student re-runs student and evaluate, nothing upstream
+    r = CliRunner().invoke(app, args + ["--set", "distill.temperature=4"])
+    assert r.exit_code == 0 and r.output.count("reused") == 3, r.output
+
+
+def test_few_shot_with_augmentation_curriculum_rounds_and_noise_drop(tmp_path, tiny_bert, csv_path):
+    r = run(tmp_path, tiny_bert, csv_path, "data.few_shot=4", "data.augment.multiplier=1",
+            "distill.curriculum.scorer=margin", "distill.rounds=2", "data.label_noise=drop",
+            "distill.losses={kl: 0.5, ce: 0.3, hidden_mse: 0.2}", name="fs")
+    assert r.exit_code == 0, r.output
+    rd = tmp_path / "models" / "fs"
+    soft = json.loads((rd / "soft_labels" / "report.json").read_text())
+    assert soft["by_origin"]["train"] == 8 and soft["by_origin"]["transfer"] > 0 and soft["by_origin"]["augmented"] > 0
+    assert 0 <= soft["pseudo_label_accuracy"] <= 1 and soft["pseudo_label_n"] == soft["by_origin"]["transfer"]
+    s = json.loads((rd / "student" / "metrics.json").read_text())
+    assert [x["round"] for x in s["rounds"]] == [1, 2]
+    assert s["rounds"][1]["pool"] > s["rounds"][0]["pool"]  # round 2 added re-augmented hard examples
+    assert (rd / "teacher" / "label_noise.json").exists()
+
+
+def test_self_paced_curriculum_runs(tmp_path, tiny_bert, csv_path):
+    r = run(tmp_path, tiny_bert, csv_path, "distill.curriculum.scorer=self-paced", "distill.curriculum.pacing=step",
+            name="sp")
+    assert r.exit_code == 0, r.output
+
+
+def test_same_recipe_and_seed_give_identical_student_metrics(tmp_path, tiny_bert, csv_path):
+    a = run(tmp_path / "a", tiny_bert, csv_path)
+    b = run(tmp_path / "b", tiny_bert, csv_path)
+    assert a.exit_code == b.exit_code == 0
+    ma = json.loads((tmp_path / "a" / "models" / "t" / "student" / "metrics.json").read_text())
+    mb = json.loads((tmp_path / "b" / "models" / "t" / "student" / "metrics.json").read_text())
+    assert ma["test"] == mb["test"] and ma["rounds"][0]["train_loss"] == mb["rounds"][0]["train_loss"]
+
+
+def test_lora_teacher_on_cpu_is_merged_into_a_plain_model(tmp_path, tiny_bert, csv_path):
+    pytest.importorskip("peft")
+    r = run(tmp_path, tiny_bert, csv_path, "teacher.lora={r: 4, target_modules: [query, value]}", name="lora")
+    assert r.exit_code == 0, r.output
+    rd = tmp_path / "models" / "lora"
+    assert (rd / "teacher" / "model.safetensors").exists() and not (rd / "teacher" / "adapter_config.json").exists()
+
+
+def test_pickle_only_teacher_is_refused(tmp_path, tiny_bert, csv_path):
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    folder = tmp_path / "pickled"
+    shutil.copytree(tiny_bert, folder)
+    sd = load_file(folder / "model.safetensors")
+    (folder / "model.safetensors").unlink()
+    torch.save(sd, folder / "pytorch_model.bin")
+    r = run(tmp_path, folder, csv_path, name="pk")
+    assert r.exit_code == 2 and "pickle" in r.output and "allow_pickle" in r.output
+
+
+def test_device_choice():
+    from distill.device import choose_device
+    from distill.errors import DistillError
+
+    assert choose_device("auto", cuda_available=False, bf16_supported=False).precision == "fp32"
+    assert choose_device("auto", cuda_available=True, bf16_supported=True).precision == "bf16"
+    assert choose_device("auto", cuda_available=True, bf16_supported=False).precision == "fp16"
+    assert choose_device("cpu", cuda_available=True, bf16_supported=True).device == "cpu"
+    with pytest.raises(DistillError, match="no CUDA"):
+        choose_device("cuda", cuda_available=False, bf16_supported=False)
+
+
+def test_eight_bit_teacher_loads_on_cpu_where_bitsandbytes_allows(tiny_bert):
+    pytest.importorskip("bitsandbytes")
+    from distill.modeling import load_classifier
+
+    try:
+        model = load_classifier(str(tiny_bert), ["a", "b"], quantization="8bit")
+    except Exception as e:  # noqa: BLE001 - bitsandbytes' CPU backend support varies by build
+        pytest.skip(f"bitsandbytes 8-bit loading is not available on this CPU: {e}")
+    assert any("Linear8bitLt" in type(m).__name__ for m in model.modules())
+
+
+def test_recipe_validation_catches_hidden_loss_typos():
+    with pytest.raises(Exception, match="hidden_mse"):
+        load_recipe(None, ["distill.losses={hiden_mse: 1.0}"])

@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from distill.errors import DistillError
+from distill.student_init import from_teacher_layers
+
+
+def _configs():
+    from transformers import BertConfig, LlamaConfig, MPNetConfig, RobertaConfig
+
+    common = dict(vocab_size=120, hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64,
+                  num_labels=3)
+    return {
+        "bert": BertConfig(**common, max_position_embeddings=64),
+        "roberta": RobertaConfig(**common, max_position_embeddings=70, pad_token_id=1),
+        "mpnet": MPNetConfig(**common, max_position_embeddings=70),
+        "llama": LlamaConfig(**common, num_key_value_heads=2, max_position_embeddings=64, pad_token_id=0),
+    }
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta", "mpnet", "llama"])
+def test_a_student_with_all_teacher_layers_reproduces_the_teacher(family):
+    from transformers import AutoModelForSequenceClassification
+
+    torch.manual_seed(0)
+    teacher = AutoModelForSequenceClassification.from_config(_configs()[family]).eval()
+    ids = torch.randint(3, 120, (2, 12))
+    mask = torch.ones_like(ids)
+    full = from_teacher_layers(teacher, [0, 1, 2, 3]).eval()
+    with torch.no_grad():
+        assert torch.allclose(full(input_ids=ids, attention_mask=mask).logits,
+                              teacher(input_ids=ids, attention_mask=mask).logits, atol=1e-6)
+    half = from_teacher_layers(teacher, [1, 3])
+    assert half.config.num_hidden_layers == 2
+    t_sd, s_sd = teacher.state_dict(), half.state_dict()
+    copied = [k for k in s_sd if ".1." in k and k.replace(".1.", ".3.", 1) in t_sd]
+    assert copied and all(torch.equal(s_sd[k], t_sd[k.replace(".1.", ".3.", 1)]) for k in copied)
+    assert sum(p.numel() for p in half.parameters()) < sum(p.numel() for p in teacher.parameters())
+
+
+def test_layer_indices_beyond_the_teacher_are_refused():
+    from transformers import AutoModelForSequenceClassification
+
+    teacher = AutoModelForSequenceClassification.from_config(_configs()["bert"])
+    with pytest.raises(DistillError, match="layers 0..3"):
+        from_teacher_layers(teacher, [0, 7])
