@@ -130,8 +130,48 @@ def run(
     if summary.not_built:
         out.print(f"[yellow]Stages not built yet in this version:[/] {', '.join(summary.not_built)}. "
                   f"What ran is in {summary.run_dir}.")
-    else:
-        out.print(f"[green]done[/]: {summary.run_dir}")
+        return
+    _print_summary(summary.run_dir)
+    out.print(f"next: distill export onnx {summary.run_dir}   then: distill bench {summary.run_dir}")
+
+
+def _print_summary(run_dir: Path) -> None:
+    from rich.table import Table
+
+    from distill.summary import run_summary
+
+    s = run_summary(run_dir)
+    if not s["rows"]:
+        out.print(f"{run_dir}: no results yet (run `distill run` first).")
+        return
+    table = Table(title=f"{run_dir}: test split ({s['test_n']} examples, split seed {s['split_seed']})")
+    for col in ("model", "accuracy", "macro-F1", "parameters", "size", "p50 (cpu, b1)"):
+        table.add_column(col, justify="left" if col == "model" else "right", no_wrap=col == "model")
+
+    def fmt(v: Any, spec: str, suffix: str = "") -> str:
+        return "-" if v is None else f"{v:{spec}}{suffix}"
+
+    for name, r in s["rows"].items():
+        table.add_row(name + (" [red](parity failed)[/]" if r.get("status") == "failed" else ""),
+                      fmt(r.get("accuracy"), ".4f"), fmt(r.get("macro_f1"), ".4f"),
+                      fmt(r.get("parameters"), ",d"), fmt(r.get("size_mb"), ".1f", " MB"),
+                      fmt(r.get("p50_ms"), ".2f", " ms"))
+    out.print(table)
+    for label, path in s["paths"].items():
+        out.print(f"  {label:<8} {path}")
+
+
+@app.command()
+@guarded
+def summary(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory (models/NAME).")],
+) -> None:
+    """One table: teacher, student, student int8 and the TF-IDF floor, with the report and .ort paths."""
+    from distill.errors import RunDirError
+
+    if not (run_dir / "run.json").exists():
+        raise RunDirError(f"{run_dir} is not a run directory (no run.json). Run `distill run` first, or pass models/NAME.")
+    _print_summary(run_dir)
 
 
 # --------------------------------------------------------------------------------------- not built
@@ -203,11 +243,34 @@ def export_onnx(
 @app.command()
 @guarded
 def bench(
-    path: Annotated[Path, typer.Argument(help="A run directory or an .onnx file.")],
-    target: Annotated[list[str], typer.Option(help="Target name (repeatable): cpu, mobile-2t, mobile-1t.")] = [],  # noqa: B006
+    path: Annotated[Path, typer.Argument(help="A run directory (models/NAME) or an .onnx / .ort file.")],
+    target: Annotated[list[str], typer.Option(help="Target (repeatable): cpu, mobile-2t, mobile-1t, or one from the recipe's bench.custom_targets. Default: the recipe's, else cpu and mobile-1t.")] = [],  # noqa: B006
+    batch: Annotated[list[int], typer.Option(help="Batch size (repeatable). Default: the recipe's, else 1.")] = [],  # noqa: B006
+    seq: Annotated[list[int], typer.Option(help="Sequence length in tokens (repeatable). Default: the recipe's, else 128.")] = [],  # noqa: B006
+    iterations: Annotated[Optional[int], typer.Option(help="Timed iterations per measurement (default 50).")] = None,
+    warmup: Annotated[Optional[int], typer.Option(help="Untimed iterations first (default 10).")] = None,
+    report: Annotated[Optional[Path], typer.Option("--report", help="Report folder (default: RUN/bench, or FILE_DIR/bench-STEM).")] = None,
+    compare_optimum: Annotated[Optional[bool], typer.Option("--compare-optimum/--no-compare-optimum", help="Also export and quantize the student optimum's default way and measure it. Default: the recipe's bench.compare_optimum.")] = None,
 ) -> None:
     """Latency x targets and accuracy x artifacts -> report.md/.html/.json and plots."""
-    _not_built("distill bench", "bench issue")
+    from rich.table import Table
+
+    from bench.api import run_bench
+
+    res = run_bench(path, targets=target or None, batch=batch or None, seq=seq or None, iterations=iterations,
+                    warmup=warmup, report_dir=report, compare_optimum=compare_optimum)
+    table = Table(title=f"distill bench {path}")
+    for col in ("artifact", "target", "batch x seq", "p50 ms", "p90 ms", "accuracy", "size"):
+        table.add_column(col, no_wrap=col != "artifact", justify="left" if col in ("artifact", "target") else "right")
+    for r in res.rows:
+        fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
+        table.add_row(r["artifact"], r["target"], f"{r['batch']} x {r['seq']}",
+                      "[red]failed[/]" if r["status"] != "ok" else fmt(r["p50"]) + (" [yellow]noisy[/]" if r["noisy"] else ""),
+                      fmt(r["p90"]), "-" if r["accuracy"] is None else f"{100 * r['accuracy']:.1f}%",
+                      f"{r['size_bytes'] / 1e6:.1f} MB")
+    out.print(table)
+    for kind in ("md", "html", "json"):
+        out.print(f"{kind:>4}: {res.files[kind]}")
 
 
 @app.command()

@@ -298,6 +298,9 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
 def load_recipe(path: Path | str | None = None, overrides: list[str] | None = None) -> Recipe:
     """Read, override and validate a recipe; raise RecipeError listing every problem."""
     path = Path(path) if path is not None else default_recipe_path()
+    shipped = shipped_recipes()
+    if not path.is_file() and str(path) in shipped:  # `distill run few-shot`
+        path = shipped[str(path)]
     source = str(path)
     if not path.is_file():
         raise RecipeError([f"no such file (shipped recipes: {', '.join(sorted(shipped_recipes()))}; "
@@ -361,6 +364,20 @@ def dump_recipe(recipe: Recipe) -> str:
     return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
 
 
+def _type_name(ann: Any) -> str:
+    import typing
+
+    origin, args = typing.get_origin(ann), typing.get_args(ann)
+    if origin is Literal:
+        return " / ".join(str(a) for a in args)
+    if origin is typing.Union:
+        inner = [a for a in args if a is not type(None)]
+        return " / ".join(_type_name(a) for a in inner) + (" / null" if len(inner) < len(args) else "")
+    if origin in (list, dict):
+        return f"{origin.__name__}[{', '.join(_type_name(a) for a in args)}]"
+    return getattr(ann, "__name__", str(ann))
+
+
 def schema_markdown() -> str:
     """The recipe reference as Markdown, generated from the schema so it cannot drift."""
     out = ["| key | type | default | description |", "|---|---|---|---|"]
@@ -373,9 +390,8 @@ def schema_markdown() -> str:
                 walk(ann, key + ".")
                 continue
             default = field.get_default(call_default_factory=True)
-            tname = getattr(ann, "__name__", None) or str(ann).replace("typing.", "")
             desc = (field.description or "").replace("|", "\\|")
-            out.append(f"| `{key}` | {tname.replace('|', '/')} | `{default!r}` | {desc} |")
+            out.append(f"| `{key}` | {_type_name(ann)} | `{default!r}` | {desc} |")
 
     walk(Recipe, "")
     return "\n".join(out)

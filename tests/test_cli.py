@@ -58,7 +58,7 @@ def test_recipe_list_and_schema():
     assert r.exit_code == 0 and "`student.layers`" in r.output
 
 
-@pytest.mark.parametrize("args", [["bench", "."], ["tune"]])
+@pytest.mark.parametrize("args", [["tune"]])
 def test_unbuilt_commands_say_so_with_exit_2(args):
     r = invoke(*args)
     assert r.exit_code == 2 and "not built yet" in r.output
@@ -77,16 +77,27 @@ def test_assets_install_unknown_name_is_refused():
     assert r.exit_code == 2 and "Known assets" in r.output
 
 
-def test_run_writes_resolved_recipe_and_refuses_to_mix_runs(tmp_path):
-    r = invoke("run", "--set", "name=t1", "--models-dir", str(tmp_path))
+def test_run_writes_resolved_recipe_and_refuses_to_mix_runs(tmp_path, tiny_bert):
+    from test_data import corpus, write_csv
+
+    csv = write_csv(tmp_path, corpus(4))
+    base = ["run", "--models-dir", str(tmp_path)]
+    for s in ("name=t1", f"data.source={csv}", f"teacher.model={tiny_bert}", "student.layers=[0]",
+              "teacher.epochs=1", "student.epochs=1"):
+        base += ["--set", s]
+    r = invoke(*base)
     assert r.exit_code == 0, r.output
     run = tmp_path / "t1"
     assert "name: t1" in (run / "recipe.yaml").read_text()
-    assert json.loads((run / "run.json").read_text())["stages"]
-    r = invoke("run", "--set", "name=t1", "--models-dir", str(tmp_path))
+    assert json.loads((run / "run.json").read_text())["stages"]["evaluate"]["status"] == "complete"
+    assert "TF-IDF" in r.output and "next: distill export onnx" in r.output
+    r = invoke(*base)
     assert r.exit_code == 2 and "--resume" in r.output
-    assert invoke("run", "--set", "name=t1", "--models-dir", str(tmp_path), "--resume").exit_code == 0
-    assert invoke("run", "--set", "name=t1", "--models-dir", str(tmp_path), "--force").exit_code == 0
+    assert invoke(*base, "--resume").exit_code == 0
+    assert invoke(*base, "--force").exit_code == 0
+    r = invoke("summary", str(run))
+    assert r.exit_code == 0 and "student" in r.output
+    assert invoke("summary", str(tmp_path)).exit_code == 2
 
 
 def test_run_on_a_locked_directory_exits_4(tmp_path):

@@ -98,3 +98,15 @@ def test_schema_reference_covers_every_key():
     # every leaf field has a description
     assert "|  |" not in md.replace("| `", "|`")
     assert Recipe.model_fields["data"].default_factory is not None
+
+
+def test_committed_recipe_reference_matches_the_schema():
+    from conftest import REPO
+
+    doc = (REPO / "docs" / "recipe-reference.md").read_text()
+    assert schema_markdown() in doc, "regenerate: distill recipe schema > docs/recipe-reference.md (keep the header)"
+
+
+def test_shipped_recipe_names_resolve_without_a_path():
+    assert load_recipe("few-shot").data.few_shot == 32
+    assert load_recipe("mpnet-to-minilm").teacher.model == "packaged:mpnet-base"
