@@ -1,0 +1,165 @@
+"""results.json (versioned schema), report.md and a self-contained report.html (PNGs embedded)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+SCHEMA = 1
+
+
+def _fmt_acc(a: dict | None) -> str:
+    return f"{100 * a['accuracy']:.1f}%" if a and a.get("accuracy") is not None else "–"
+
+
+def _fmt_size(n: int | None) -> str:
+    return f"{n / 1e6:.1f} MB" if n else "–"
+
+
+def _speedups(results: dict) -> dict[tuple, float]:
+    """p50 of the slowest PyTorch reference (the teacher when present) / p50 of each row, same target and shape."""
+    ref_key = next((k for k in ("teacher-pytorch", "student-pytorch") if any(a["key"] == k for a in results["artifacts"])), None)
+    out = {}
+    for r in results["rows"]:
+        if r["status"] != "ok" or ref_key is None:
+            continue
+        ref = next((x for x in results["rows"] if x["artifact"] == ref_key and x["target"] == r["target"]
+                    and x["batch"] == r["batch"] and x["seq"] == r["seq"] and x["status"] == "ok"), None)
+        if ref:
+            out[(r["artifact"], r["target"], r["batch"], r["seq"])] = ref["latency_ms"]["p50"] / r["latency_ms"]["p50"]
+    return out
+
+
+def table_rows(results: dict) -> tuple[list[str], list[list[str]]]:
+    """Header and rows shared by report.md and report.html."""
+    labels = {a["key"]: a for a in results["artifacts"]}
+    speed = _speedups(results)
+    ref = "teacher" if "teacher-pytorch" in labels else "student PyTorch"
+    head = ["artifact", "target", "batch x seq", "p50 ms", "p90 ms", "p99 ms", "mean ± std ms", "items/s",
+            f"x vs {ref}", "accuracy", "size", "peak RSS", "load s", "note"]
+    rows = []
+    for r in results["rows"]:
+        a = labels[r["artifact"]]
+        if r["status"] != "ok":
+            rows.append([a["label"], r["target"], f"{r['batch']} x {r['seq']}"] + ["–"] * 10 + [f"failed: {r.get('error', '')[:80]}"])
+            continue
+        lat = r["latency_ms"]
+        s = speed.get((r["artifact"], r["target"], r["batch"], r["seq"]))
+        rows.append([a["label"], r["target"], f"{r['batch']} x {r['seq']}", f"{lat['p50']:.2f}", f"{lat['p90']:.2f}",
+                     f"{lat['p99']:.2f}", f"{lat['mean']:.2f} ± {lat['std']:.2f}", f"{r['throughput_per_s']:.1f}",
+                     f"{s:.1f}x" if s else "–", _fmt_acc(a["accuracy"]), _fmt_size(a["size_bytes"]),
+                     f"{r['peak_rss_mb']:.0f} MB", f"{r['load_s']:.2f}", "noisy" if r.get("noisy") else ""])
+    return head, rows
+
+
+def host_lines(results: dict) -> list[str]:
+    h = results["host"]
+    v = h["versions"]
+    lines = [f"CPU: {h['cpu_model']} ({h['arch']}), {h['logical_cores']} logical cores"
+             f"{'' if h.get('physical_cores') is None else ', ' + str(h['physical_cores']) + ' physical'}, "
+             f"usable by this process: {h['usable_cores']}",
+             f"Instruction sets: {', '.join(h['isa']) or 'none detected'} (int8 preset: {h['quantization_preset']})",
+             f"Software: Python {h['python']}, {h['os']}; " + ", ".join(f"{k} {val}" for k, val in v.items())]
+    return lines
+
+
+def target_lines(results: dict) -> list[str]:
+    out = []
+    for t in results["config"]["targets"]:
+        kind = "emulated on this host" if t["emulated"] else "this host"
+        out.append(f"`{t['name']}`: cores {t['cores']}, {t['threads']} thread(s), spinning "
+                   f"{'on' if t['spin'] else 'off'} ({kind}) — {t['description']}")
+    return out
+
+
+def write_json(results: dict, out: Path) -> Path:
+    out.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    return out
+
+
+def _md_table(head: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_markdown(results: dict, out: Path, plots: list[Path]) -> Path:
+    head, rows = table_rows(results)
+    cfg = results["config"]
+    parts = [f"# Benchmark: {results['source']['path']}", "",
+             f"{results['created']} · edge-distill {results['version']} · results.json schema {results['schema']}", "",
+             "## Machine", ""] + [f"- {x}" for x in host_lines(results)] + ["", "## Targets", ""]
+    parts += [f"- {x}" for x in target_lines(results)] + [""]
+    parts += [f"> {results['emulation_note']}", "", "## Latency and accuracy", "",
+              f"Each row ran in its own fresh process, pinned to the target's cores, after {cfg['warmup']} warm-up "
+              f"and {cfg['iterations']} timed iterations on {cfg['inputs']}. Accuracy is on the run's test split "
+              "(source per artifact below).", "", _md_table(head, rows), ""]
+    if results["warnings"]:
+        parts += ["## Warnings", ""] + [f"- {w}" for w in results["warnings"]] + [""]
+    parts += ["## Artifacts", "", _md_table(["artifact", "runtime", "file", "size", "accuracy", "accuracy from"],
+                                             [[a["label"], a["runtime"], f"`{a['path']}`", _fmt_size(a["size_bytes"]),
+                                               _fmt_acc(a["accuracy"]), a["accuracy_source"] or "not available"]
+                                              for a in results["artifacts"]]), ""]
+    if results["notes"]:
+        parts += ["## Notes", ""] + [f"- {n}" for n in results["notes"]] + [""]
+    if plots:
+        parts += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
+    out.write_text("\n".join(parts))
+    return out
+
+
+_CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;font-size:13px;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}
+td:first-child,th:first-child,td:nth-child(2){text-align:left}th{background:#f2f2f2}
+.note{background:#fff7e0;border-left:4px solid #e0a800;padding:.5em 1em}.noisy{color:#b00}img{max-width:100%}"""
+
+
+def _html_table(head: list[str], rows: list[list[str]]) -> str:
+    h = "".join(f"<th>{html.escape(c)}</th>" for c in head)
+    body = "".join("<tr>" + "".join(f"<td{' class=noisy' if c == 'noisy' else ''}>{html.escape(c)}</td>" for c in row) + "</tr>"
+                   for row in rows)
+    return f"<table><tr>{h}</tr>{body}</table>"
+
+
+def write_html(results: dict, out: Path, plots: list[Path]) -> Path:
+    """One file, no external references: every image is a data: URI."""
+    head, rows = table_rows(results)
+    e = html.escape
+    imgs = "".join(f'<h3>{e(p.stem.replace("_", " "))}</h3><img alt="{e(p.stem)}" '
+                   f'src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}">' for p in plots)
+    li = lambda xs: "<ul>" + "".join(f"<li>{e(x)}</li>" for x in xs) + "</ul>"  # noqa: E731
+    art = _html_table(["artifact", "runtime", "file", "size", "accuracy", "accuracy from"],
+                      [[a["label"], a["runtime"], a["path"], _fmt_size(a["size_bytes"]), _fmt_acc(a["accuracy"]),
+                        a["accuracy_source"] or "not available"] for a in results["artifacts"]])
+    doc = f"""<!doctype html><html><head><meta charset="utf-8"><title>Benchmark: {e(results['source']['path'])}</title>
+<style>{_CSS}</style></head><body>
+<h1>Benchmark: {e(results['source']['path'])}</h1>
+<p>{e(results['created'])} · edge-distill {e(str(results['version']))} · results.json schema {results['schema']}</p>
+<h2>Machine</h2>{li(host_lines(results))}
+<h2>Targets</h2>{li(target_lines(results))}
+<p class="note">{e(results['emulation_note'])}</p>
+<h2>Latency and accuracy</h2>
+<p>Each row ran in its own fresh process, pinned to the target's cores, after {results['config']['warmup']} warm-up and
+{results['config']['iterations']} timed iterations on {e(results['config']['inputs'])}.</p>
+{_html_table(head, rows)}
+{'<h2>Warnings</h2>' + li(results['warnings']) if results['warnings'] else ''}
+<h2>Artifacts</h2>{art}
+{'<h2>Notes</h2>' + li(results['notes']) if results['notes'] else ''}
+<h2>Plots</h2>{imgs}
+</body></html>
+"""
+    out.write_text(doc, encoding="utf-8")
+    return out
+
+
+def summary(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Compact rows for a CLI table: artifact, target, p50, p90, accuracy, size."""
+    arts = {a["key"]: a for a in results["artifacts"]}
+    return [{"artifact": arts[r["artifact"]]["label"], "target": r["target"], "batch": r["batch"], "seq": r["seq"],
+             "p50": r.get("latency_ms", {}).get("p50"), "p90": r.get("latency_ms", {}).get("p90"),
+             "accuracy": (arts[r["artifact"]]["accuracy"] or {}).get("accuracy"),
+             "size_bytes": arts[r["artifact"]]["size_bytes"], "status": r["status"], "noisy": r.get("noisy", False)}
+            for r in results["rows"]]
