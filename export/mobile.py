@@ -17,6 +17,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from export.runtime import quiet_onnxruntime
+
 log = logging.getLogger(__name__)
 
 CONFIG = "required_operators.config"
@@ -31,7 +33,7 @@ def to_ort(src: Path, dst: Path) -> Path:
         work = Path(tmp) / src.name
         shutil.copy2(src, work)  # the tool converts every .onnx in a folder: give it a folder of one
         captured = io.StringIO()
-        with contextlib.redirect_stdout(captured):
+        with contextlib.redirect_stdout(captured), quiet_onnxruntime():
             convert_onnx_models_to_ort(work, output_dir=Path(tmp) / "out",
                                        optimization_styles=[OptimizationStyle.Fixed])
         log.debug("convert_onnx_models_to_ort: %s", captured.getvalue().strip())

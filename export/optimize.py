@@ -8,10 +8,10 @@ is no Attention fusion; SOURCES.md).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from pathlib import Path
-from typing import Iterator
+
+from export.runtime import quiet_onnxruntime
 
 log = logging.getLogger(__name__)
 
@@ -24,24 +24,11 @@ def run(src: Path, dst: Path, config: dict) -> dict[str, int]:
     # DistilBERT names them n_heads/dim; 0 lets the optimizer read them from the graph
     heads = int(config.get("num_attention_heads") or config.get("n_heads") or 0)
     hidden = int(config.get("hidden_size") or config.get("dim") or 0)
-    with _quiet("onnx_model", "onnx_model_bert", "fusion_base", "fusion_utils"):
+    with quiet_onnxruntime():
         model = optimize_model(str(src), model_type=model_type, num_heads=heads, hidden_size=hidden,
                                opt_level=0, use_gpu=False)
         model.save_model_to_file(str(dst))
-    fusions = {op: n for op, n in model.get_fused_operator_statistics().items() if n}
+        fusions = {op: n for op, n in model.get_fused_operator_statistics().items() if n}
     log.info("fusions (%s optimizer): %s", model_type, ", ".join(f"{n} {op}" for op, n in fusions.items()) or "none")
     return fusions
 
-
-@contextlib.contextmanager
-def _quiet(*names: str) -> Iterator[None]:
-    """ONNX Runtime's optimizer logs every fusion at INFO; the summary above is enough."""
-    loggers = [logging.getLogger(n) for n in names]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)

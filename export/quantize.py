@@ -16,7 +16,7 @@ from pathlib import Path
 
 from distill.errors import ExportError
 
-from export.runtime import Batch
+from export.runtime import Batch, quiet_onnxruntime
 
 log = logging.getLogger(__name__)
 
@@ -78,31 +78,54 @@ def dynamic(src: Path, dst: Path, *, isa: str, per_channel: bool = False) -> Non
 
     preset = PRESETS[isa]
     log.info("dynamic int8 (%s: %s weights%s)", isa, preset.weight_type, ", per-channel" if per_channel else "")
-    quantize_dynamic(src, dst, per_channel=per_channel, reduce_range=preset.reduce_range,
-                     weight_type=getattr(QuantType, preset.weight_type),
-                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    with quiet_onnxruntime():
+        quantize_dynamic(src, dst, per_channel=per_channel, reduce_range=preset.reduce_range,
+                         weight_type=getattr(QuantType, preset.weight_type),
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
 
 
 def static(src: Path, dst: Path, *, isa: str, calibration: list[Batch], per_channel: bool = False) -> None:
     """QDQ int8 of MatMul/Gemm, calibrated (min-max) on the given tokenized batches."""
     import onnx
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     if not calibration:
         raise ExportError("Static int8 needs calibration texts, and there are none: the run's data/train.jsonl "
                           "is empty. Use --quantize dynamic, or give a data file.")
     prep = dst.with_name(dst.stem + ".prep.onnx")
+    preset = PRESETS[isa]
+    log.info("static QDQ int8 of %s, calibrated on %d batches", "/".join(STATIC_OPS), len(calibration))
+    with quiet_onnxruntime():
+        try:
+            _pre_process(src, prep)
+            quantize_static(str(prep), str(dst), _reader(prep, calibration), quant_format=QuantFormat.QDQ,
+                            op_types_to_quantize=STATIC_OPS, per_channel=per_channel,
+                            reduce_range=preset.reduce_range, activation_type=QuantType.QUInt8,
+                            weight_type=getattr(QuantType, preset.weight_type), calibrate_method=CalibrationMethod.MinMax,
+                            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+        finally:
+            prep.unlink(missing_ok=True)
+
+
+def _pre_process(src: Path, dst: Path) -> None:
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
     try:
         # a fused graph needs ORT's symbolic inference to type its contrib ops' outputs (else the pooler's
         # Gemm gets no input scale); an unfused one fails it ("Incomplete symbolic shape inference";
         # SOURCES.md), and ONNX's own inference is enough there
-        quant_pre_process(str(src), str(prep), skip_symbolic_shape=False)
+        quant_pre_process(str(src), str(dst), skip_symbolic_shape=False)
     except Exception as e:  # noqa: BLE001 - the symbolic inference raises a bare Exception
         log.debug("symbolic shape inference failed (%s); using ONNX shape inference only", e)
-        quant_pre_process(str(src), str(prep), skip_symbolic_shape=True)
-    names = [i.name for i in onnx.load(str(prep), load_external_data=False).graph.input]
+        quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
+
+
+def _reader(model: Path, calibration: list[Batch]):
+    """Feeds the calibration batches, only the inputs the graph has."""
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader
+
+    names = [i.name for i in onnx.load(str(model), load_external_data=False).graph.input]
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -112,13 +135,4 @@ def static(src: Path, dst: Path, *, isa: str, calibration: list[Batch], per_chan
             b = next(self._it, None)
             return None if b is None else {n: b[n] for n in names if n in b}
 
-    preset = PRESETS[isa]
-    log.info("static QDQ int8 of %s, calibrated on %d batches", "/".join(STATIC_OPS), len(calibration))
-    try:
-        quantize_static(str(prep), str(dst), Reader(), quant_format=QuantFormat.QDQ, op_types_to_quantize=STATIC_OPS,
-                        per_channel=per_channel, reduce_range=preset.reduce_range,
-                        activation_type=QuantType.QUInt8, weight_type=getattr(QuantType, preset.weight_type),
-                        calibrate_method=CalibrationMethod.MinMax,
-                        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
-    finally:
-        prep.unlink(missing_ok=True)
+    return Reader()

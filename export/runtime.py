@@ -6,8 +6,10 @@ difference in the logits is the export's and not the tokenizer's.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -67,3 +69,32 @@ def onnx_logits(path: Path, batches: list[Batch]) -> np.ndarray:
     names = [i.name for i in sess.get_inputs()]
     outs = [sess.run(["logits"], {n: b.get(n, np.zeros_like(b["input_ids"])).astype(np.int64) for n in names})[0] for b in batches]
     return np.concatenate(outs) if outs else np.zeros((0, sess.get_outputs()[0].shape[-1] or 0), np.float32)
+
+
+class _DropOnnxruntimeChatter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "onnxruntime" not in record.pathname:
+            return True
+        return record.levelno >= logging.WARNING and not record.getMessage().startswith("Please consider to run pre-processing")
+
+
+@contextlib.contextmanager
+def quiet_onnxruntime() -> Iterator[None]:
+    """ONNX Runtime's tools log every fusion and every tensor at INFO, partly on the root logger.
+
+    Keep their warnings, drop the chatter (and the pre-processing hint, which does not apply to a
+    fused graph). Call after importing the tool, so that its loggers exist.
+    """
+    prefixes = ("onnx_model", "fusion_", "onnxruntime", "ort_format_model")
+    saved = [(lg, lg.level) for name in list(logging.root.manager.loggerDict) if name.startswith(prefixes)
+             for lg in [logging.getLogger(name)]]
+    for lg, level in saved:
+        lg.setLevel(max(level, logging.WARNING))
+    root_filter = _DropOnnxruntimeChatter()
+    logging.root.addFilter(root_filter)
+    try:
+        yield
+    finally:
+        logging.root.removeFilter(root_filter)
+        for lg, level in saved:
+            lg.setLevel(level)
