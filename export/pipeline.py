@@ -51,7 +51,7 @@ def build(out: Path, src: Source, opts: Options) -> dict:
     t0 = time.perf_counter()
     isa = quantize.resolve_isa(opts.isa) if opts.quantize != "none" else None
     reference = runtime.load_torch_classifier(src.model_dir)  # first: a base model without a head fails fast
-    val_texts = [r["text"] for r in src.texts[src.parity_split if src.parity_split in src.texts else "validation"]]
+    val_texts = [r["text"] for r in src.parity_rows]
     test_rows = [r for r in src.texts.get("test", []) if "label" in r]
     val_batches = runtime.tokenize(src.model_dir, val_texts)
     same_texts = [r["text"] for r in test_rows] == val_texts

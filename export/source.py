@@ -40,6 +40,10 @@ class Source:
     parity_split: str = "validation"
 
     @property
+    def parity_rows(self) -> list[dict]:
+        return self.texts["test" if self.parity_split == "test" else "validation"]
+
+    @property
     def num_labels(self) -> int:
         return len(self.config.get("id2label") or {}) or int(self.config.get("num_labels", 2))
 
