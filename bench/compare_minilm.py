@@ -2,7 +2,7 @@
 
     HF_HUB_OFFLINE=1 .venv/bin/python -m bench.compare_minilm [--repeats 5] [--iterations 100] [--work DIR]
 
-Batch 1, sequence 128, target `cpu` (all cores, one thread each). Every (variant x repeat) is its own
+Batch 1, sequence 128, target `cpu` (all cores, one thread each) unless --target says otherwise. Every (variant x repeat) is its own
 fresh pinned process (bench.measure); repeats are interleaved round-robin so that background load
 hits every variant alike; the figure is the median of the per-process p50s, with their min-max.
 Writes WORK/compare.json and prints a Markdown table.
@@ -71,6 +71,8 @@ def build(work: Path) -> dict[str, dict]:
         "optimum-default-int8": {"runtime": "onnxruntime", "path": str(opt / "model_quantized.onnx")},
         "optimum-int8-per-channel": {"runtime": "onnxruntime", "path": str(opt / "model_per_channel.onnx")},
         **{f"ours-{n}": {"runtime": "onnxruntime", "path": str(work / f"{n}.onnx")} for n in ours},
+        "optimum-default-int8-no-spin": {"runtime": "onnxruntime", "path": str(opt / "model_quantized.onnx"),
+                                         "ort": spin_off},
         "ours-fused-int8-no-spin": {"runtime": "onnxruntime", "path": str(work / "fused-int8.onnx"), "ort": spin_off},
         "ours-fused-int8-opt-basic": {"runtime": "onnxruntime", "path": str(work / "fused-int8.onnx"),
                                       "ort": {"graph_optimization_level": "basic"}},
@@ -85,13 +87,14 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--only", nargs="*", help="variant names to measure (default: all)")
+    ap.add_argument("--target", default="cpu", help="bench target: cpu, mobile-2t, mobile-1t")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args.work.mkdir(parents=True, exist_ok=True)
     variants = build(args.work)
     if args.only:
         variants = {k: v for k, v in variants.items() if k in args.only}
-    (target,) = resolve_targets(["cpu"])
+    (target,) = resolve_targets([args.target])
     p50s: dict[str, list[float]] = {k: [] for k in variants}
     noisy: dict[str, int] = {k: 0 for k in variants}
     pids = set()
@@ -110,7 +113,7 @@ def main() -> None:
     ref = p50s.get("optimum-default-int8") or []
     base, base_min = (statistics.median(ref), min(ref)) if ref else (None, None)
     summary = {}
-    print(f"\nminilm-l6, batch 1 x seq {args.seq}, target cpu ({target.threads} threads, cores {list(target.cores)}), "
+    print(f"\nminilm-l6, batch 1 x seq {args.seq}, target {target.name} ({target.threads} threads, cores {list(target.cores)}), "
           f"{args.repeats} processes per variant, {args.iterations} iterations each\n")
     print("| variant | median p50 ms | min p50 ms | max p50 ms | median vs optimum default | min vs optimum default "
           "| noisy runs |\n|---|---|---|---|---|---|---|")

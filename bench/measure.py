@@ -18,8 +18,10 @@ log = logging.getLogger(__name__)
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[1])
 
 
-def worker_env(threads: int) -> dict[str, str]:
+def worker_env(threads: int, spin: bool = True) -> dict[str, str]:
     env = dict(os.environ)
+    if not spin:  # PyTorch rows: OpenMP threads sleep instead of busy-waiting, as ORT's do with spinning off
+        env["OMP_WAIT_POLICY"] = "PASSIVE"
     # OpenMP / BLAS pools inside numpy and torch size themselves from these at import time.
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         env[var] = str(threads)
@@ -43,7 +45,7 @@ def run_worker(spec: dict[str, Any], target: Target, *, timeout: float | None = 
         cmd = [sys.executable, "-m", "bench.worker", str(spec_file), str(out_file)]
         try:
             # Pinned before exec, so every thread the runtimes create inherits the mask.
-            proc = subprocess.run(cmd, env=worker_env(target.threads), capture_output=True, text=True,
+            proc = subprocess.run(cmd, env=worker_env(target.threads, target.spin), capture_output=True, text=True,
                                   timeout=timeout, preexec_fn=lambda: os.sched_setaffinity(0, cores))
         except subprocess.TimeoutExpired:
             return {"status": "failed", "error": f"timed out after {timeout:.0f} s"}

@@ -19,6 +19,11 @@ def _fmt_size(n: int | None) -> str:
     return f"{n / 1e6:.1f} MB" if n else "–"
 
 
+def _ms(x: float) -> str:
+    """Three significant figures: 0.0612, 5.64, 21.1, 164."""
+    return f"{x:.3g}" if x < 100 else f"{x:.0f}"
+
+
 def _speedups(results: dict) -> dict[tuple, float]:
     """p50 of the slowest PyTorch reference (the teacher when present) / p50 of each row, same target and shape."""
     ref_key = next((k for k in ("teacher-pytorch", "student-pytorch") if any(a["key"] == k for a in results["artifacts"])), None)
@@ -48,8 +53,8 @@ def table_rows(results: dict) -> tuple[list[str], list[list[str]]]:
             continue
         lat = r["latency_ms"]
         s = speed.get((r["artifact"], r["target"], r["batch"], r["seq"]))
-        rows.append([a["label"], r["target"], f"{r['batch']} x {r['seq']}", f"{lat['p50']:.2f}", f"{lat['p90']:.2f}",
-                     f"{lat['p99']:.2f}", f"{lat['mean']:.2f} ± {lat['std']:.2f}", f"{r['throughput_per_s']:.1f}",
+        rows.append([a["label"], r["target"], f"{r['batch']} x {r['seq']}", _ms(lat["p50"]), _ms(lat["p90"]),
+                     _ms(lat["p99"]), f"{_ms(lat['mean'])} ± {_ms(lat['std'])}", f"{r['throughput_per_s']:.1f}",
                      f"{s:.1f}x" if s else "–", _fmt_acc(a["accuracy"]), _fmt_size(a["size_bytes"]),
                      f"{r['peak_rss_mb']:.0f} MB", f"{r['load_s']:.2f}", "noisy" if r.get("noisy") else ""])
     return head, rows

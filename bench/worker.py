@@ -153,7 +153,7 @@ def accuracy(spec: dict) -> dict:
 def main(argv: list[str]) -> int:
     spec = json.loads(Path(argv[0]).read_text())
     result = {"pid": os.getpid(), "affinity": sorted(os.sched_getaffinity(0)),
-              "env_threads": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}}
+              "env_threads": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY")}}
     result.update(latency(spec) if spec["task"] == "latency" else accuracy(spec))
     try:
         import psutil

@@ -75,6 +75,7 @@ def test_every_measurement_ran_in_its_own_pinned_process(benched):
         t = targets[r["target"]]
         assert r["affinity"] == list(t.cores)
         assert r["env_threads"]["OMP_NUM_THREADS"] == str(t.threads)
+        assert r["env_threads"]["OMP_WAIT_POLICY"] == (None if t.spin else "PASSIVE")
         applied = r["applied"]
         if r["artifact"] == "student-pytorch":
             assert applied["torch_num_threads"] == t.threads
