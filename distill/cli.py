@@ -276,11 +276,51 @@ def bench(
 @app.command()
 @guarded
 def tune(
-    recipe: Annotated[Optional[Path], typer.Argument(help="Recipe YAML.")] = None,
-    trials: Annotated[int, typer.Option(help="Optuna trials.")] = 20,
+    recipe: Annotated[Optional[Path], typer.Argument(help="Recipe YAML with a tune.space; default: the shipped default recipe.")] = None,
+    trials: Annotated[Optional[int], typer.Option(min=1, help="Finished trials the study should hold (a resumed search runs only the missing ones). Default: the recipe's tune.trials.")] = None,
+    timeout: Annotated[Optional[float], typer.Option(min=1, help="Start no new trial after this many seconds. Default: the recipe's tune.timeout.")] = None,
+    objective: Annotated[Optional[Which], typer.Option(help="Whose validation accuracy to maximize. Default: the recipe's tune.objective.")] = None,
+    set_: SetOpt = [],  # noqa: B006 - Typer reads the default, never mutates it
+    name: Annotated[Optional[str], typer.Option(help="Run name (folder under --models-dir); default: the recipe's name.")] = None,
+    models_dir: Annotated[Path, typer.Option(help="Where run directories land.")] = Path("models"),
+    force: Annotated[bool, typer.Option(help="Delete RUN/tune (the study and its trials) and start the search over.")] = False,
 ) -> None:
-    """Hyperparameter search with Optuna over the recipe's tune.space."""
-    _not_built("distill tune", "tune issue")
+    """Hyperparameter search with Optuna over the recipe's tune.space, maximizing validation accuracy.
+
+    The study lives in RUN/tune/study.db, so rerunning the same command resumes an interrupted search.
+    """
+    from rich.table import Table
+
+    from distill.tune import tune as run_tune
+
+    rec = _load(recipe, set_)
+    run_dir = models_dir / (name or rec.name)
+    goal = objective.value if objective else rec.tune.objective
+    out.print(f"[bold]distill tune[/] {recipe or 'default recipe'} -> {run_dir / 'tune'} (maximizing {goal} validation accuracy)")
+    try:
+        res = run_tune(rec, run_dir, trials=trials or rec.tune.trials, timeout=timeout or rec.tune.timeout,
+                       objective=goal, force=force)
+    except KeyboardInterrupt:
+        err.print(f"interrupted; finished trials are kept in {run_dir / 'tune' / 'study.db'}: rerun the same command to continue.")
+        raise typer.Exit(130) from None
+    table = Table(title=f"{res.study_name}: {len(res.trials)} trials ({res.new_trials} new), {goal} validation accuracy")
+    for col in ("#", "state", "params", "validation", "wall"):
+        table.add_column(col, justify="right" if col in ("#", "validation", "wall") else "left")
+    for t in res.trials:
+        params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in t["params"].items())
+        if t["validation_accuracy"] is not None:
+            val = f"{t['validation_accuracy']:.4f}" + (" [green]best[/]" if t["number"] == res.best_trial else "")
+        elif t["intermediate"]:
+            val = f"[dim]{list(t['intermediate'].values())[-1]:.4f} at eval {list(t['intermediate'])[-1]}[/]"
+        else:
+            val = "-"
+        table.add_row(str(t["number"]), t["state"], params, val, "-" if t["wall_s"] is None else f"{t['wall_s']:.1f} s")
+    out.print(table)
+    for note in res.notes:
+        out.print(f"[yellow]note:[/] {note}")
+    for kind, path in res.plots.items():
+        out.print(f"  {kind:<10} {path}")
+    out.print(f"best recipe: {res.best_recipe}   (run it: distill run {res.best_recipe})")
 
 
 # -------------------------------------------------------------------------------------------- data

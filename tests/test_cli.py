@@ -58,12 +58,6 @@ def test_recipe_list_and_schema():
     assert r.exit_code == 0 and "`student.layers`" in r.output
 
 
-@pytest.mark.parametrize("args", [["tune"]])
-def test_unbuilt_commands_say_so_with_exit_2(args):
-    r = invoke(*args)
-    assert r.exit_code == 2 and "not built yet" in r.output
-
-
 def test_assets_list_shows_all_six():
     r = invoke("assets", "list")
     assert r.exit_code == 0

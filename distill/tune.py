@@ -1,0 +1,688 @@
+"""`distill tune`: an Optuna search over the recipe's `tune.space`, maximizing VALIDATION accuracy.
+
+Layout under the run directory (RUN = models/NAME):
+
+    RUN/tune/study.db          Optuna's RDB storage (SQLite): an interrupted search resumes from it
+    RUN/tune/base/             the stages no tuned key can change (e.g. data, teacher, soft_labels), run once
+    RUN/tune/trials/NNNN/      one run directory per trial; base's stages hard-linked in, so
+                               `run_recipe(resume=True)` verifies and reuses them and runs only the rest
+    RUN/tune/trials.json       every trial: number, state, params, validation accuracy, wall time
+    RUN/tune/best.yaml         a complete recipe with the best params applied (`distill run` accepts it)
+    RUN/tune/history.png, RUN/tune/importance.png
+
+Search space (`tune.space`): dotted recipe key -> `[low, high]` (two numbers: a range; both integers
+give an integer range; a float range spanning >= 10x with low > 0 is searched on a log scale), any
+other list (choices), or a mapping `{low, high, log, step}` / `{choices: [...]}` to say it exactly.
+`distill.alpha` is a tune-only key: the KL weight, with the CE weight set to 1 - alpha (DESIGN.md's
+loss). Every key and both ends of every range are validated against the Recipe schema before
+anything runs.
+
+Pruning: the stage modules build their Trainer callbacks themselves and offer no hook for extra
+ones, so during a trial `_reporting` wraps the stage module's `jsonl_logger` (the one callback
+every training stage creates) with a callback that also reports each epoch's validation accuracy
+to the trial and raises optuna.TrialPruned when the pruner says so. The wrapper is installed only
+for the duration of one trial, in this process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import itertools
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+from distill.errors import DistillError, RecipeError, RunDirError
+from distill.recipe import Recipe, _set_dotted, dump_recipe, validate_dict
+from distill.rundir import RUN_JSON, RunDir, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+OBJECTIVES = ("student", "teacher")
+# Tune-only keys: name -> what they set.
+VIRTUAL_KEYS = {"distill.alpha": "weight of the KL term; the CE weight becomes 1 - alpha"}
+LOG_RATIO = 10  # a float range with high/low >= this (and low > 0) is searched on a log scale
+_UNTUNABLE = ("name", "tune")
+
+
+@dataclass(frozen=True)
+class Dimension:
+    """One searched key: an int or float range, or a list of choices."""
+
+    key: str
+    kind: str  # "int" | "float" | "choice"
+    low: Optional[float] = None
+    high: Optional[float] = None
+    log: bool = False
+    step: Optional[float] = None
+    choices: tuple[Any, ...] = ()
+
+    @property
+    def _encoded(self) -> bool:
+        # Optuna's categorical values must be scalars; lists (e.g. student.layers) travel as JSON.
+        return any(not isinstance(c, (str, int, float, bool, type(None))) for c in self.choices)
+
+    def suggest(self, trial: Any) -> Any:
+        if self.kind == "int":
+            return trial.suggest_int(self.key, int(self.low), int(self.high), step=int(self.step or 1), log=self.log)
+        if self.kind == "float":
+            return trial.suggest_float(self.key, self.low, self.high, step=self.step, log=self.log)
+        if self._encoded:
+            return trial.suggest_categorical(self.key, [json.dumps(c) for c in self.choices])
+        return trial.suggest_categorical(self.key, list(self.choices))
+
+    def decode(self, value: Any) -> Any:
+        return json.loads(value) if self.kind == "choice" and self._encoded else value
+
+    def candidates(self) -> list[Any]:
+        """The values validated up front: both ends of a range, every choice."""
+        return [self.low, self.high] if self.kind != "choice" else list(self.choices)
+
+
+@dataclass
+class TuneResult:
+    tune_dir: Path
+    study_name: str
+    objective: str
+    best_recipe: Optional[Path]
+    best_trial: Optional[int]
+    best_value: Optional[float]
+    best_params: dict[str, Any]
+    trials: list[dict[str, Any]]
+    new_trials: int
+    plots: dict[str, Path] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------
+# The search space
+
+
+def _model_of(annotation: Any) -> Any:
+    from pydantic import BaseModel
+
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    inner = [a for a in getattr(annotation, "__args__", ()) if isinstance(a, type) and issubclass(a, BaseModel)]
+    return inner[0] if inner else None
+
+
+def _is_dict(annotation: Any) -> bool:
+    import typing
+
+    if annotation is dict or typing.get_origin(annotation) is dict:
+        return True
+    return any(a is dict or typing.get_origin(a) is dict for a in typing.get_args(annotation))
+
+
+def _scalar_type(annotation: Any) -> Optional[type]:
+    import typing
+
+    args = [a for a in typing.get_args(annotation) if a is not type(None)] or [annotation]
+    return next((a for a in (int, float) if a in args), None)
+
+
+def tunable_keys() -> list[str]:
+    """Every dotted leaf key of the Recipe schema that a space may name, plus the tune-only keys."""
+    keys: list[str] = []
+
+    def walk(model: Any, prefix: str) -> None:
+        for name, f in model.model_fields.items():
+            key = prefix + name
+            if key in _UNTUNABLE:
+                continue
+            sub = _model_of(f.annotation)
+            if sub is not None:
+                walk(sub, key + ".")
+            else:
+                keys.append(key)
+
+    walk(Recipe, "")
+    return keys + list(VIRTUAL_KEYS)
+
+
+def _resolve(key: str) -> tuple[Optional[str], Any]:
+    """(problem or None, the leaf field's annotation) for a dotted key."""
+    if key in VIRTUAL_KEYS:
+        return None, float
+    parts = key.split(".")
+    if parts[0] in _UNTUNABLE:
+        return f"{key}: cannot be tuned (the run's name and the search's own settings are fixed).", None
+    model: Any = Recipe
+    for i, part in enumerate(parts):
+        f = model.model_fields.get(part) if model is not None else None
+        if f is None:
+            near = difflib.get_close_matches(key, tunable_keys(), n=1, cutoff=0.6)
+            hint = f" Did you mean {near[0]!r}?" if near else ""
+            return (f"{key}: unknown key.{hint} `distill recipe schema` lists every key; "
+                    f"{', '.join(VIRTUAL_KEYS)} is a tune-only key."), None
+        sub = _model_of(f.annotation)
+        if sub is not None:
+            model = sub
+            continue
+        last = i == len(parts) - 1
+        if last or (_is_dict(f.annotation) and i == len(parts) - 2):  # distill.losses.kl, student.config.x
+            return None, (f.annotation if last else Any)
+        return f"{key}: {'.'.join(parts[:i + 1])} is a value, not a section.", None
+    return f"{key}: is a section; name one of its keys, e.g. {key}.{next(iter(model.model_fields))}.", None
+
+
+def _dimension(key: str, spec: Any, annotation: Any) -> Dimension:
+    """Parse one space entry; ValueError says what is wrong with its shape."""
+    log_scale, step = None, None
+    if isinstance(spec, dict):
+        unknown = set(spec) - {"low", "high", "log", "step", "choices"}
+        if unknown:
+            raise ValueError(f"unknown field(s) {sorted(unknown)}; write {{low, high, log, step}} or {{choices: [...]}}")
+        if "choices" in spec:
+            choices = spec["choices"]
+            if not isinstance(choices, list) or not choices:
+                raise ValueError("choices must be a non-empty list")
+            return Dimension(key, "choice", choices=tuple(choices))
+        if "low" not in spec or "high" not in spec:
+            raise ValueError("a range needs both low and high")
+        log_scale, step = spec.get("log"), spec.get("step")
+        spec = [spec["low"], spec["high"]]
+    if not isinstance(spec, list) or not spec:
+        raise ValueError("write [low, high], a list of choices, or {low, high, log, step} / {choices: [...]}")
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in spec)
+    if len(spec) != 2 or not numbers:
+        return Dimension(key, "choice", choices=tuple(spec))
+    low, high = spec
+    if not low < high:
+        raise ValueError(f"low must be below high, got [{low}, {high}]")
+    integral = all(isinstance(v, int) for v in spec) or (_scalar_type(annotation) is int and all(float(v).is_integer() for v in spec))
+    if _scalar_type(annotation) is int and not integral:
+        raise ValueError(f"{key} is an integer; give integer bounds, got [{low}, {high}]")
+    if integral and (step is None or float(step).is_integer()):
+        return Dimension(key, "int", int(low), int(high), bool(log_scale), int(step) if step else None)
+    if log_scale is None:
+        log_scale = low > 0 and high / low >= LOG_RATIO
+    if log_scale and low <= 0:
+        raise ValueError("a log-scale range needs low > 0")
+    return Dimension(key, "float", float(low), float(high), bool(log_scale), float(step) if step else None)
+
+
+def apply_params(recipe: Recipe, params: dict[str, Any], source: str = "tune") -> Recipe:
+    """The recipe with dotted-key values set (distill.alpha -> the kl/ce weights), validated."""
+    data = recipe.model_dump(mode="json")
+    for key, value in params.items():
+        if key == "distill.alpha":
+            losses = dict(data["distill"]["losses"])
+            losses.update(kl=value, ce=round(1.0 - value, 12))
+            data["distill"]["losses"] = losses
+        else:
+            _set_dotted(data, key, value)
+    return validate_dict(data, source)
+
+
+def parse_space(recipe: Recipe) -> list[Dimension]:
+    """Validate tune.space against the Recipe schema; RecipeError lists every problem at once."""
+    space = recipe.tune.space
+    if not space:
+        raise RecipeError(["tune.space is empty: name the keys to search, e.g. "
+                           "`tune: {space: {distill.temperature: [1, 8], student.learning_rate: [1.0e-5, 1.0e-3]}}`"],
+                          "tune.space")
+    problems: list[str] = []
+    dims: list[Dimension] = []
+    for key, spec in space.items():
+        problem, annotation = _resolve(str(key))
+        if problem:
+            problems.append(problem)
+            continue
+        try:
+            dim = _dimension(str(key), spec, annotation)
+        except ValueError as e:
+            problems.append(f"{key}: {e}.")
+            continue
+        if key == "distill.alpha" and not all(isinstance(v, (int, float)) and 0 <= v <= 1 for v in dim.candidates()):
+            problems.append(f"{key}: alpha weighs KL against CE and must lie in [0, 1], got {spec!r}.")
+            continue
+        bad: dict[str, list[Any]] = {}  # reason -> the values it rejects
+        for value in dim.candidates():
+            try:
+                apply_params(recipe, {dim.key: value})
+            except RecipeError as e:
+                bad.setdefault("; ".join(p.removeprefix(f"{key}: ") for p in e.problems), []).append(value)
+        for why, values in bad.items():
+            shown = ", ".join(repr(v) for v in values)
+            problems.append(f"{key}: {'the value' if len(values) == 1 else 'the values'} {shown} "
+                            f"{'is' if len(values) == 1 else 'are'} not valid here ({why}).")
+        dims.append(dim)
+    if problems:
+        raise RecipeError(problems, "tune.space")
+    return dims
+
+
+# ---------------------------------------------------------------------------------------------
+# Which stages a trial can reuse
+
+
+def _touched_sections(dims: list[Dimension]) -> set[str]:
+    return {d.key.split(".")[0] for d in dims}
+
+
+def shared_stages(dims: list[Dimension], objective: str) -> list[str]:
+    """Stages before the objective's stage whose inputs no searched key can change."""
+    from distill.stages import STAGES
+
+    touched = _touched_sections(dims)
+    changed: set[str] = set()
+    shared: list[str] = []
+    for stage in STAGES:
+        if stage.name == objective:
+            break
+        # every stage's inputs include the seed (pipeline.run_recipe)
+        if "seed" in touched or touched & set(stage.sections) or changed & set(stage.after):
+            changed.add(stage.name)
+        else:
+            shared.append(stage.name)
+    return shared
+
+
+class _StopAfter(Exception):
+    """Raised from run_recipe's on_stage hook once the stage a search needs has finished."""
+
+
+def _run_until(recipe: Recipe, run_dir: Path, last: str) -> dict[str, str]:
+    """run_recipe(resume=True) up to and including stage `last`; stage -> 'done' | 'reused'."""
+    from distill.pipeline import run_recipe
+
+    events: dict[str, str] = {}
+
+    def on_stage(name: str, event: str) -> None:
+        if event in ("done", "reused"):
+            events[name] = event
+            if name == last:
+                raise _StopAfter(name)
+        elif event == "not-built":
+            raise DistillError(f"stage {name} is not built in this version, so `distill tune` cannot run trials.")
+
+    try:
+        run_recipe(recipe, run_dir, resume=True, on_stage=on_stage)
+    except _StopAfter:
+        pass
+    return events
+
+
+def _link_tree(src: Path, dst: Path) -> None:
+    """Hard-link every file of src into dst (a copy where the filesystem cannot link)."""
+    for p in sorted(src.rglob("*")):
+        target = dst / p.relative_to(src)
+        if p.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(p, target)
+        except OSError:
+            shutil.copy2(p, target)
+
+
+def seed_trial_dir(base: Path, trial_dir: Path, stages: list[str]) -> list[str]:
+    """Give a fresh trial directory base's completed stages and their run.json records.
+
+    run_recipe(resume=True) then reuses each one only if its inputs still hash the same and its
+    files still verify; otherwise it re-runs it, so seeding can never make a trial wrong, only faster.
+    """
+    if trial_dir.exists():
+        shutil.rmtree(trial_dir)
+    trial_dir.mkdir(parents=True)
+    ledger = RunDir(base).read()
+    seeded = []
+    records = {}
+    for name in stages:
+        rec = ledger["stages"].get(name) or {}
+        if rec.get("status") != "complete" or not (base / name).is_dir():
+            break
+        _link_tree(base / name, trial_dir / name)
+        records[name] = rec
+        seeded.append(name)
+    write_json_atomic(trial_dir / RUN_JSON, {"schema": ledger.get("schema", 1), "stages": records})
+    return seeded
+
+
+# ---------------------------------------------------------------------------------------------
+# Reporting to the pruner
+
+
+@contextlib.contextmanager
+def _reporting(trial: Any, stage: str) -> Iterator[None]:
+    """Report each validation evaluation of `stage`'s Trainer to the trial; prune when told to."""
+    import importlib
+
+    import optuna
+    from transformers import TrainerCallback
+
+    module = importlib.import_module(f"distill.{stage}")
+    original = module.jsonl_logger
+    steps = itertools.count()
+
+    class Report(TrainerCallback):
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):  # noqa: ANN001 - Trainer's signature
+            value = (metrics or {}).get("eval_accuracy")
+            if value is None:
+                return
+            step = next(steps)
+            trial.report(float(value), step)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"{stage} validation accuracy {value:.4f} at evaluation {step} "
+                                         "is below the median of earlier trials")
+
+    def chained(path: Path, name: str) -> Any:
+        inner, reporter = original(path, name), Report()
+        if name != stage:
+            return inner
+
+        class Both(TrainerCallback):
+            pass
+
+        for event in [n for n in vars(TrainerCallback) if n.startswith("on_")]:
+            def call(self, args, state, control, _event=event, **kwargs):  # noqa: ANN001
+                a = getattr(inner, _event)(args, state, control, **kwargs)
+                b = getattr(reporter, _event)(args, state, control, **kwargs)
+                return b if b is not None else a
+
+            setattr(Both, event, call)
+        return Both()
+
+    module.jsonl_logger = chained
+    try:
+        yield
+    finally:
+        module.jsonl_logger = original
+
+
+# ---------------------------------------------------------------------------------------------
+# The search
+
+
+def _fingerprint(recipe: Recipe) -> dict[str, Any]:
+    """What must not change between a study and its resumption (trials and timeout may)."""
+    data = recipe.model_dump(mode="json")
+    data["tune"] = {k: v for k, v in data["tune"].items() if k not in ("trials", "timeout")}
+    data.pop("name", None)
+    return data
+
+
+def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out: list[str] = []
+        for k in sorted(set(a) | set(b), key=str):
+            out += _diff_keys(a.get(k), b.get(k), f"{prefix}{k}.")
+        return out
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+def _open_study(tune_dir: Path, recipe: Recipe, objective: str, pruner: Any) -> Any:
+    import optuna
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{(tune_dir / 'study.db').resolve()}",
+                                         engine_kwargs={"connect_args": {"timeout": 30}})
+    study = optuna.create_study(study_name=recipe.name, storage=storage, direction="maximize", load_if_exists=True,
+                                pruner=pruner)
+    # Seeded by the trials already held, so a resumed search does not replay the first session's draws.
+    study.sampler = optuna.samplers.TPESampler(seed=recipe.seed + len(study.trials))
+    stored = study.user_attrs.get("recipe")
+    if stored is None:
+        study.set_user_attr("recipe", _fingerprint(recipe))
+        study.set_user_attr("objective", objective)
+    else:
+        changed = _diff_keys(stored, _fingerprint(recipe))
+        if study.user_attrs.get("objective") != objective:
+            changed.append(f"objective ({study.user_attrs.get('objective')} -> {objective})")
+        if changed:
+            raise RunDirError(
+                f"The search in {tune_dir} was started with a different recipe (changed: {', '.join(changed[:8])}"
+                f"{' …' if len(changed) > 8 else ''}), so its trials are not comparable with new ones. Pass --force "
+                "to start the search over, or --name for a separate one.")
+    # A trial still RUNNING was interrupted (its process died): the tune lock says no search runs now.
+    for t in study.get_trials(states=(optuna.trial.TrialState.RUNNING,)):
+        log.warning("trial %d was interrupted; marking it failed, a new trial takes its place", t.number)
+        storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+    return study
+
+
+def tune(recipe: Recipe, run_dir: Path | str, *, trials: int, timeout: Optional[float] = None,
+         objective: str = "student", force: bool = False, pruner: Any = None) -> TuneResult:
+    """Search recipe.tune.space with Optuna, maximizing the objective model's VALIDATION accuracy.
+
+    `trials` is how many finished (complete or pruned) trials the study should hold: a resumed
+    search runs only the missing ones. `timeout` (seconds) stops starting new trials after that.
+    `force` deletes RUN/tune first. `pruner` defaults to MedianPruner(n_startup_trials=3).
+    Writes RUN/tune/{study.db, trials.json, best.yaml, history.png, importance.png}.
+    """
+    import optuna
+
+    if objective not in OBJECTIVES:
+        raise DistillError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}.")
+    if trials < 1:
+        raise DistillError(f"--trials must be at least 1, got {trials}.")
+    dims = parse_space(recipe)
+    if objective == "teacher" and not _touched_sections(dims) & {"data", "teacher", "device", "seed"}:
+        raise RecipeError([f"objective teacher, but no key in tune.space ({', '.join(d.key for d in dims)}) changes "
+                           "the teacher: search data.*, teacher.*, seed or device keys, or use objective student."],
+                          "tune.space")
+    shared = shared_stages(dims, objective)
+    optuna.logging.disable_default_handler()  # optuna's messages go through logging, like ours
+    optuna.logging.enable_propagation()
+    if pruner is None:
+        pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0)
+
+    tune_dir = Path(run_dir) / "tune"
+    if tune_dir.exists() and not tune_dir.is_dir():
+        raise RunDirError(f"{tune_dir} exists and is not a directory; remove it or pass --name for another run.")
+    tune_dir.mkdir(parents=True, exist_ok=True)
+    rd = RunDir(tune_dir)
+    with rd.lock():
+        if force:
+            rd.wipe()
+        study = _open_study(tune_dir, recipe, objective, pruner)
+        finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+        todo = trials - len(study.get_trials(states=finished))
+        before = len(study.trials)
+        if todo > 0:
+            base = tune_dir / "base"
+            if shared:
+                log.info("tune: running the stages no searched key changes (%s) once, in %s", ", ".join(shared), base)
+                _run_until(recipe, base, shared[-1])
+            log.info("tune: %d trial(s) to run (study %s, %s)", todo, recipe.name, tune_dir / "study.db")
+            study.optimize(_objective(recipe, dims, shared, base, tune_dir / "trials", objective),
+                           n_trials=todo, timeout=timeout, catch=())
+        else:
+            log.info("tune: the study already holds %d finished trials; nothing to run", trials - todo)
+        return write_report(study, recipe, tune_dir, objective, new_trials=len(study.trials) - before)
+
+
+def _objective(recipe: Recipe, dims: list[Dimension], shared: list[str], base: Path, trials_dir: Path,
+               objective: str) -> Any:
+    def run_trial(trial: Any) -> float:
+        params = {d.key: d.decode(d.suggest(trial)) for d in dims}
+        trial_recipe = apply_params(recipe, params, source=f"tune trial {trial.number}")
+        trial_dir = trials_dir / f"{trial.number:04d}"
+        trial.set_user_attr("run_dir", str(trial_dir))
+        if shared:
+            seed_trial_dir(base, trial_dir, shared)
+        elif trial_dir.exists():
+            shutil.rmtree(trial_dir)
+        log.info("tune: trial %d %s", trial.number, ", ".join(f"{k}={v}" for k, v in params.items()))
+        t0 = time.perf_counter()
+        with _reporting(trial, objective):
+            events = _run_until(trial_recipe, trial_dir, objective)
+        trial.set_user_attr("reused", sorted(n for n, e in events.items() if e == "reused"))
+        val = _validation(trial_dir, objective)
+        trial.set_user_attr("validation", {k: val[k] for k in ("accuracy", "macro_f1", "n")})
+        trial.set_user_attr("wall_s", round(time.perf_counter() - t0, 2))
+        return float(val["accuracy"])
+
+    return run_trial
+
+
+def _validation(trial_dir: Path, objective: str) -> dict[str, Any]:
+    metrics = json.loads((trial_dir / objective / "metrics.json").read_text())
+    val = metrics.get("validation") or {}
+    if "accuracy" not in val:
+        raise DistillError("`distill tune` maximizes validation accuracy (never test), and this data has no "
+                           "validation split: set data.splits.validation (e.g. 0.1), or give a validation file.")
+    return val
+
+
+# ---------------------------------------------------------------------------------------------
+# Outputs
+
+
+def _trial_row(t: Any, dims: dict[str, Dimension], tune_dir: Path) -> dict[str, Any]:
+    wall = t.user_attrs.get("wall_s")  # the pipeline's own time; else the trial's, start to end
+    if wall is None and t.datetime_start and t.datetime_complete:
+        wall = round((t.datetime_complete - t.datetime_start).total_seconds(), 2)
+    run_dir = t.user_attrs.get("run_dir")
+    return {
+        "number": t.number,
+        "state": t.state.name.lower(),
+        "params": {k: dims[k].decode(v) if k in dims else v for k, v in t.params.items()},
+        "validation_accuracy": t.value if t.state.name == "COMPLETE" else None,
+        "validation_macro_f1": (t.user_attrs.get("validation") or {}).get("macro_f1"),
+        "intermediate": {str(k): v for k, v in sorted(t.intermediate_values.items())},
+        "wall_s": wall,
+        "reused": t.user_attrs.get("reused", []),
+        "run_dir": os.path.relpath(run_dir, tune_dir) if run_dir else None,
+    }
+
+
+def write_report(study: Any, recipe: Recipe, tune_dir: Path, objective: str, *, new_trials: int = 0) -> TuneResult:
+    """Write trials.json, the plots and best.yaml from the study's trials (tune() calls it at the end)."""
+    by_key = {d.key: d for d in parse_space(recipe)}
+    rows = [_trial_row(t, by_key, tune_dir) for t in study.trials]
+    complete = [r for r in rows if r["state"] == "complete"]
+    best = max(complete, key=lambda r: (r["validation_accuracy"], -r["number"])) if complete else None
+    notes: list[str] = []
+    write_json_atomic(tune_dir / "trials.json", {
+        "study": study.study_name, "objective": f"{objective} validation accuracy (maximized; test is never used)",
+        "space": recipe.tune.space,
+        "best": {k: best[k] for k in ("number", "validation_accuracy", "params")} if best else None,
+        "trials": rows})
+    plots: dict[str, Path] = {}
+    if any(r["validation_accuracy"] is not None or r["intermediate"] for r in rows):
+        plots["history"] = _plot_history(rows, tune_dir / "history.png", study.study_name, objective)
+    importance_png = tune_dir / "importance.png"
+    if len(complete) >= 2:
+        imp = _importances(study) if len({r["validation_accuracy"] for r in complete}) > 1 else {}
+        if imp:
+            plots["importance"] = _plot_importance(imp, importance_png, len(complete))
+        else:
+            notes.append("parameter importance skipped: every completed trial scored the same validation accuracy, "
+                         "so no parameter explains any of it")
+    else:
+        notes.append(f"parameter importance needs >= 2 completed trials, the study has {len(complete)}; plot skipped")
+    if "importance" not in plots:
+        importance_png.unlink(missing_ok=True)  # never leave a stale plot beside new results
+    for n in notes:
+        log.debug("tune: %s", n)
+    if best is None:
+        counts = {s: sum(r["state"] == s for r in rows) for s in ("pruned", "fail")}
+        raise DistillError(f"No trial of the search in {tune_dir} completed ({counts['pruned']} pruned, "
+                           f"{counts['fail']} failed), so there is no best recipe; see {tune_dir / 'trials.json'}. "
+                           "Run more trials (--trials), or a longer --timeout.")
+    best_path = tune_dir / "best.yaml"
+    _write_best(recipe, best, best_path, tune_dir, objective, len(rows))
+    return TuneResult(tune_dir, study.study_name, objective, best_path, best["number"], best["validation_accuracy"],
+                      best["params"], rows, new_trials, plots, notes)
+
+
+def _write_best(recipe: Recipe, best: dict[str, Any], path: Path, tune_dir: Path, objective: str, n: int) -> None:
+    tuned = apply_params(recipe, best["params"], source=str(path))
+    tuned = tuned.model_copy(update={"name": f"{recipe.name}-tuned"})
+    params = "\n".join(f"#   {k}: {json.dumps(v)}" for k, v in best["params"].items())
+    header = (f"# Best of {n} `distill tune` trials in {tune_dir} (trial {best['number']}): {objective} validation\n"
+              f"# accuracy {best['validation_accuracy']:.4f}. Tuned values:\n{params}\n"
+              f"# Run it with: distill run {path}   (lands in models/{tuned.name}; test accuracy is measured there)\n")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(header + dump_recipe(validate_dict(tuned.model_dump(mode="json"), str(path))))
+    os.replace(tmp, path)
+
+
+def _importances(study: Any) -> dict[str, float]:
+    import optuna
+
+    try:
+        return optuna.importance.get_param_importances(
+            study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+    except (ValueError, RuntimeError) as e:  # e.g. every completed trial has the same values
+        log.info("tune: parameter importance not computable: %s", e)
+        return {}
+
+
+def _plt() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _plot_history(rows: list[dict[str, Any]], out: Path, name: str, objective: str) -> Path:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    done = [r for r in rows if r["validation_accuracy"] is not None]
+    pruned = [r for r in rows if r["state"] == "pruned" and r["intermediate"]]
+    ax.scatter([r["number"] for r in done], [r["validation_accuracy"] for r in done], s=42, color="#1f77b4",
+               zorder=3, label="completed trial")
+    if pruned:
+        ax.scatter([r["number"] for r in pruned], [list(r["intermediate"].values())[-1] for r in pruned], s=52,
+                   marker="x", color="#7f7f7f", zorder=3, label="pruned (last reported value)")
+    failed = [r["number"] for r in rows if r["state"] == "fail"]
+    if failed:  # no value to plot: a marker on the x axis, so the gap in the numbering is explained
+        ax.scatter(failed, [0.02] * len(failed), transform=ax.get_xaxis_transform(), marker="v", s=40,
+                   color="#d62728", zorder=3, label="failed or interrupted (no value)")
+    if done:
+        xs, best, ys = [], -math.inf, []
+        for r in done:
+            best = max(best, r["validation_accuracy"])
+            xs.append(r["number"])
+            ys.append(best)
+        xs.append(max(r["number"] for r in rows))
+        ys.append(best)
+        ax.step(xs, ys, where="post", color="#ff7f0e", linewidth=2, label=f"best so far ({best:.4f})")
+    ax.set_xlabel("trial number")
+    ax.set_ylabel(f"{objective} validation accuracy")
+    ax.set_title(f"{name}: optimization history ({len(rows)} trials, maximizing {objective} validation accuracy)",
+                 fontsize=10)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.set_xlim(-0.5, max(r["number"] for r in rows) + 0.5)
+    values = [r["validation_accuracy"] for r in done] + [list(r["intermediate"].values())[-1] for r in pruned]
+    if values:
+        lo, hi = min(values), max(values)
+        pad = max(0.02, (hi - lo) * 0.15)
+        ax.set_ylim(max(0.0, lo - pad), hi + pad)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def _plot_importance(imp: dict[str, float], out: Path, n_complete: int) -> Path:
+    plt = _plt()
+    items = sorted(imp.items(), key=lambda kv: kv[1])
+    fig, ax = plt.subplots(figsize=(8, 1.4 + 0.5 * len(items)))
+    ax.barh([k for k, _ in items], [v for _, v in items], color="#1f77b4")
+    for i, (_, v) in enumerate(items):
+        ax.text(v + 0.01, i, f"{v:.0%}", va="center", fontsize=9)
+    ax.set_xlim(0, 1.1)
+    ax.set_xlabel("share of the variance in validation accuracy (fANOVA)")
+    rough = " (rough with so few)" if n_complete < 10 else ""
+    ax.set_title(f"Parameter importance over {n_complete} completed trials{rough}", fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
