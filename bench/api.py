@@ -204,7 +204,8 @@ def _optimum_default(path: Path, is_run: bool, out: Path, final: Path, preset: s
     # Reports name the final location, not the temporary folder it is measured in.
     a.display_path = (final / "optimum-default" / file.name).relative_to(path).as_posix() if final.is_relative_to(path) \
         else str(final / "optimum-default" / file.name)
-    a.label = f"optimum default int8 ({preset}, dynamic)"
+    notes.append(f"optimum default int8: the student through `optimum-cli export onnx` + `optimum-cli onnxruntime "
+                 f"quantize --{preset}` (dynamic, per-tensor, no fusions), as a user would without edge-distill")
     return [a]
 
 
