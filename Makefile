@@ -23,8 +23,13 @@ $(STAMP): pyproject.toml requirements/constraints.txt $(DEFAULT_PINS)
 	$(BIN)/pip install --quiet --no-deps --require-hashes $(addprefix -r ,$(DEFAULT_PINS))
 	touch $(STAMP)
 
+# The whole flow on the default recipe. The int8 parity gate's verdict is printed and recorded in
+# export.json; --allow-mismatch keeps the demo going to the bench when it fails (the summary marks it).
 demo: setup
 	$(BIN)/distill run --force
+	$(BIN)/distill export onnx models/default --allow-mismatch
+	$(BIN)/distill bench models/default
+	$(BIN)/distill summary models/default
 
 test: setup
 	$(BIN)/python -m pytest -m "not slow" -q

@@ -167,7 +167,7 @@ class Export(_Section):
     optimize: bool = Field(True, description="Run ONNX Runtime's transformer fusions before quantization.")
     opset: int = Field(17, ge=11, le=21, description="ONNX opset.")
     calibration_samples: int = Field(256, gt=0, description="Training texts used to calibrate static int8.")
-    per_channel: bool = Field(False, description="Per-channel weight scales.")
+    per_channel: bool = Field(True, description="Per-channel int8 weight scales (on the default run: 98.1% label agreement vs 94.0% per-tensor, same latency).")
     ort: bool = Field(True, description="Convert to .ort and run ONNX Runtime's mobile usability check.")
     fp32_atol: float = Field(1e-4, gt=0, description="Parity gate: max |logit difference| fp32 ONNX vs PyTorch.")
     int8_min_agreement: float = Field(0.99, gt=0, le=1, description="Parity gate: min label agreement int8 vs PyTorch.")

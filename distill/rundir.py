@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from distill.errors import LockedError, RunDirError
+from distill.faults import maybe_kill
 
 log = logging.getLogger(__name__)
 
@@ -247,7 +248,9 @@ class RunDir:
         self._update_stage(name, status="running", started=now(), inputs_sha256=in_digest)
         t0 = time.perf_counter()
         try:
+            maybe_kill(name, "start")
             fn(tmp)
+            maybe_kill(name, "end")
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             self._update_stage(name, status="failed", finished=now())

@@ -16,6 +16,7 @@ from distill.curriculum import make_sampler
 from distill.data.prepare import read_labels, read_split
 from distill.device import choose_device
 from distill.errors import DistillError
+from distill.faults import step_callback
 from distill.losses import LossInputs, combine
 from distill.modeling import count_parameters, load_classifier, load_tokenizer, num_layers
 from distill.soft_labels import SoftLabels, label_texts, student_pool
@@ -180,7 +181,7 @@ def student_stage(ctx: Any, out: Path) -> None:
         sampler = make_sampler(d.curriculum, np.asarray([rw["teacher_logits"] for rw in rows]),
                                [len(x) for x in train_ds["input_ids"]], s.batch_size * s.grad_accum, s.epochs,
                                r.seed + rnd)
-        callbacks = [jsonl_logger(run / "logs" / "train.jsonl", "student")]
+        callbacks = [jsonl_logger(run / "logs" / "train.jsonl", "student"), step_callback("student")]
         if sampler is not None and d.curriculum.scorer == "self-paced":
             callbacks.append(_self_paced_callback(sampler, tok, rows, max_length, d.temperature))
         ckpt = run / "checkpoints" / "student"

@@ -15,6 +15,7 @@ import numpy as np
 from distill.data.prepare import read_labels, read_split
 from distill.device import choose_device
 from distill.errors import DistillError
+from distill.faults import step_callback
 from distill.modeling import count_parameters, load_classifier, load_tokenizer, num_layers
 from distill.rundir import digest
 from distill.training import (compute_metrics_fn, evaluate_rows, jsonl_logger, last_checkpoint, pick_max_length,
@@ -90,7 +91,7 @@ def teacher_stage(ctx: Any, out: Path) -> None:
             shutil.rmtree(ckpt_dir, ignore_errors=True)
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         (ckpt_dir / "inputs.sha256").write_text(stage_digest)
-        callbacks = [jsonl_logger(ctx.run.path / "logs" / "train.jsonl", "teacher")]
+        callbacks = [jsonl_logger(ctx.run.path / "logs" / "train.jsonl", "teacher"), step_callback("teacher")]
         if t.early_stopping_patience and val:
             callbacks.append(EarlyStoppingCallback(early_stopping_patience=t.early_stopping_patience))
         trainer = Trainer(
