@@ -144,18 +144,19 @@ def _print_summary(run_dir: Path) -> None:
     if not s["rows"]:
         out.print(f"{run_dir}: no results yet (run `distill run` first).")
         return
-    table = Table(title=f"{run_dir}: test split ({s['test_n']} examples, split seed {s['split_seed']})")
-    for col in ("model", "accuracy", "macro-F1", "parameters", "size", "p50 (cpu, b1)"):
-        table.add_column(col, justify="left" if col == "model" else "right", no_wrap=col == "model")
+    table = Table(title=f"{run_dir}: test split ({s['test_n']} examples, split seed {s['split_seed']}); "
+                        "p50 = batch 1, seq 128, target cpu (distill bench)")
+    for col in ("model", "acc", "F1", "params", "MB", "p50 ms"):
+        table.add_column(col, justify="left" if col == "model" else "right", no_wrap=True)
 
     def fmt(v: Any, spec: str, suffix: str = "") -> str:
         return "-" if v is None else f"{v:{spec}}{suffix}"
 
     for name, r in s["rows"].items():
-        table.add_row(name + (" [red](parity failed)[/]" if r.get("status") == "failed" else ""),
+        table.add_row(name + (" [red](parity ✗)[/]" if r.get("status") == "failed" else ""),
                       fmt(r.get("accuracy"), ".4f"), fmt(r.get("macro_f1"), ".4f"),
-                      fmt(r.get("parameters"), ",d"), fmt(r.get("size_mb"), ".1f", " MB"),
-                      fmt(r.get("p50_ms"), ".2f", " ms"))
+                      fmt(r["parameters"] / 1e6 if r.get("parameters") else None, ".1f", "M"),
+                      fmt(r.get("size_mb"), ".1f"), fmt(r.get("p50_ms"), ".2f"))
     out.print(table)
     for label, path in s["paths"].items():
         out.print(f"  {label:<8} {path}")
@@ -174,14 +175,7 @@ def summary(
     _print_summary(run_dir)
 
 
-# --------------------------------------------------------------------------------------- not built
-
-
-def _not_built(what: str, issue: str) -> None:
-    from distill.errors import NotBuiltError
-
-    raise NotBuiltError(f"`{what}` is not built yet in edge-distill {__version__} ({issue}). "
-                        "Nothing was written.")
+# ------------------------------------------------------------------------------------------ export
 
 
 class Quantize(str, Enum):

@@ -50,7 +50,9 @@ def run_summary(run_dir: Path) -> dict[str, Any]:
         rows[f"student {key}"] = {"accuracy": acc.get("accuracy"), "macro_f1": acc.get("macro_f1"),
                                   "parameters": rows.get("student", {}).get("parameters"),
                                   "size_mb": round(art["size_bytes"] / 1e6, 2) if art.get("size_bytes") else None,
-                                  "p50_ms": _bench_p50(bench, key), "status": art.get("status")}
+                                  "p50_ms": _bench_p50(bench, key),
+                                  "status": "failed" if art.get("status") == "failed"
+                                  or (art.get("parity") or {}).get("passed") is False else art.get("status")}
     floor = (ev.get("rows") or {}).get("tfidf_logreg")
     if floor:
         rows["TF-IDF + LR floor"] = {"accuracy": floor["accuracy"], "macro_f1": floor["macro_f1"]}
