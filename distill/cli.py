@@ -46,6 +46,11 @@ def _setup_logging(debug: bool) -> None:
                         handlers=[RichHandler(console=err, show_path=debug, show_time=False)], force=True)
     for noisy in ("urllib3", "filelock", "matplotlib", "PIL", "fsspec", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if not debug:
+        # bitsandbytes warns at import about optional CPU kernels we do not use; transformers'
+        # "newly initialized: classifier" is expected (a fresh head is what fine-tuning trains).
+        logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
 def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
