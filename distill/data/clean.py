@@ -79,12 +79,12 @@ def clean_frame(frame: pd.DataFrame, *, min_chars: int, max_chars: int, report: 
         df["label"] = labels[~no_label]
 
     df["text"] = [clean_text(t, report) for t in df["text"]]
-    short = df["text"].str.len() < min_chars
+    short = df["text"].map(len) < min_chars
     report.dropped["too_short"] += int(short.sum())
     df = df[~short].copy()
-    long = df["text"].str.len() > max_chars
+    long = df["text"].map(len) > max_chars
     report.changed["truncated_too_long"] += int(long.sum())
-    df.loc[long, "text"] = df.loc[long, "text"].str.slice(0, max_chars)
+    df.loc[long, "text"] = df.loc[long, "text"].map(lambda t: t[:max_chars])
 
     label_cols = ["text", "label"] if labelled else ["text"]
     if "split" in df:
