@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
 from distill.errors import DistillError
+from distill.rundir import replace_dir
 
 from bench.artifacts import Artifact, discover_file, discover_run, onnx_artifact
 from bench.targets import Target, resolve_targets
@@ -103,13 +104,7 @@ def run_bench(path: str | os.PathLike, *, targets: Optional[Sequence[str]] = Non
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
+    replace_dir(tmp, final)
     return BenchResult(done["results"], final, {k: final / v.name for k, v in done["files"].items()})
 
 

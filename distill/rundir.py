@@ -77,6 +77,18 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Move a completed temporary folder to `final`, replacing what was there; the final name
+    only ever names a complete folder (the old one is renamed aside first, then removed)."""
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}.tmp-x")
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+
+
 def is_rank_zero() -> bool:
     """Under torchrun / accelerate only rank 0 takes the lock and writes."""
     return int(os.environ.get("RANK", "0")) == 0
@@ -257,13 +269,7 @@ class RunDir:
             raise
         wall = time.perf_counter() - t0
         outputs = hash_tree(tmp)
-        if final.exists():
-            old = self.path / f".{name}.old-{os.getpid()}.tmp-x"
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
+        replace_dir(tmp, final)
         self._update_stage(name, status="complete", finished=now(), wall_s=round(wall, 3),
                            inputs_sha256=in_digest, outputs=outputs, output_sha256=digest(outputs),
                            versions=library_versions())

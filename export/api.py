@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from distill.errors import ExportError, ParityError
+from distill.rundir import replace_dir
 
 from export.pipeline import Options, build
 from export.source import resolve
@@ -118,13 +119,7 @@ def _into_folder(src, opts: Options, out: Path, *, force: bool) -> dict:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}.tmp-x")
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
+    replace_dir(tmp, out)
     return manifest
 
 
