@@ -29,13 +29,17 @@ class Context:
 class Stage:
     name: str
     fn: Optional[Callable[[Context, Path], None]]
-    # Recipe sections (top-level names) whose values the stage reads.
+    # Recipe sections whose values the stage reads: top-level names, or dotted paths to one field
+    # ("data.label_noise") where a stage reads only part of a section.
     sections: tuple[str, ...]
     # Stages whose outputs the stage reads.
     after: tuple[str, ...] = ()
     description: str = ""
     # Anything else that decides the output (e.g. the sha256 of a user's data file).
     fingerprint: Optional[Callable[[Recipe], Any]] = None
+    # Where a stage reads only some of an upstream stage's files: {stage: (file, ...)}. Only those
+    # files' digests then decide reuse (the teacher does not retrain when augmentation changes).
+    reads: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 def _stages() -> list[Stage]:
@@ -53,7 +57,9 @@ class RunSummary:
 
 
 def _section(recipe: Recipe, name: str) -> Any:
-    value = getattr(recipe, name)
+    value: Any = recipe
+    for part in name.split("."):
+        value = getattr(value, part)
     return value.model_dump(mode="json") if hasattr(value, "model_dump") else value
 
 
@@ -81,7 +87,7 @@ def run_recipe(recipe: Recipe, run_dir: Path, *, resume: bool = False, force: bo
                 continue
             inputs: dict[str, Any] = {s: _section(recipe, s) for s in stage.sections}
             inputs["seed"] = recipe.seed
-            inputs["upstream"] = {dep: run.output_digest(dep) for dep in stage.after}
+            inputs["upstream"] = {dep: run.output_digest(dep, stage.reads.get(dep)) for dep in stage.after}
             if stage.fingerprint:
                 inputs["fingerprint"] = stage.fingerprint(recipe)
             notify(stage.name, "start")

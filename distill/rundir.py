@@ -275,5 +275,10 @@ class RunDir:
                            versions=library_versions())
         return StageResult(name, final, False, wall)
 
-    def output_digest(self, name: str) -> str | None:
-        return (self.read()["stages"].get(name) or {}).get("output_sha256")
+    def output_digest(self, name: str, files: tuple[str, ...] | None = None) -> str | None:
+        """The digest of a stage's outputs, or of just `files` among them."""
+        rec = self.read()["stages"].get(name) or {}
+        if files is None:
+            return rec.get("output_sha256")
+        outputs = rec.get("outputs") or {}
+        return digest({f: outputs.get(f) for f in files})

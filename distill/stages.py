@@ -35,8 +35,10 @@ def _teacher_fingerprint(recipe: Any) -> Any:
 STAGES: list[Stage] = [
     Stage("data", _lazy("distill.data.prepare", "data_stage"), ("data",), (), "load, clean, split, few-shot, augment",
           fingerprint=_data_fingerprint),
-    Stage("teacher", _lazy("distill.teacher", "teacher_stage"), ("data", "teacher", "device"), ("data",),
-          "fine-tune the teacher", fingerprint=_teacher_fingerprint),
+    Stage("teacher", _lazy("distill.teacher", "teacher_stage"),
+          ("teacher", "device", "data.label_noise", "data.label_noise_threshold"), ("data",),
+          "fine-tune the teacher", fingerprint=_teacher_fingerprint,
+          reads={"data": ("train.jsonl", "validation.jsonl", "test.jsonl", "labels.json")}),
     Stage("soft_labels", _lazy("distill.soft_labels", "soft_labels_stage"), (), ("data", "teacher"),
           "teacher logits on the student's pool"),
     Stage("student", _lazy("distill.student", "student_stage"), ("data", "student", "distill", "device"),

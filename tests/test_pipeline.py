@@ -49,6 +49,7 @@ def test_full_run_writes_every_stage_and_resume_reuses_them(tmp_path, tiny_bert,
     assert {x["stage"] for x in logs} == {"teacher", "student"}
     assert not (rd / "checkpoints" / "teacher").exists()
 
+    ledger_teacher_wall = ledger["teacher"]["wall_s"]
     args = ["run", "--models-dir", str(tmp_path / "models"), "--resume"]
     for x in [f"data.source={csv_path}", f"teacher.model={tiny_bert}", "name=t", *FAST]:
         args += ["--set", x]
@@ -57,6 +58,14 @@ def test_full_run_writes_every_stage_and_resume_reuses_them(tmp_path, tiny_bert,
     # changing only the student re-runs student and evaluate, nothing upstream
     r = CliRunner().invoke(app, args + ["--set", "distill.temperature=4"])
     assert r.exit_code == 0 and r.output.count("reused") == 3, r.output
+    # augmentation changes the data stage's output but not the teacher's training files: the
+    # teacher is reused, the soft labels cover the new texts
+    r = CliRunner().invoke(app, args + ["--set", "distill.temperature=4", "--set", "data.augment.multiplier=1"])
+    assert r.exit_code == 0 and r.output.count("reused") == 1, r.output
+    ledger = json.loads((rd / "run.json").read_text())["stages"]
+    assert ledger["teacher"]["wall_s"] == ledger_teacher_wall
+    soft = json.loads((rd / "soft_labels" / "report.json").read_text())
+    assert soft["by_origin"]["augmented"] > 0
 
 
 def test_few_shot_with_augmentation_curriculum_rounds_and_noise_drop(tmp_path, tiny_bert, csv_path):
