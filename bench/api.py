@@ -2,7 +2,8 @@
 
 Every (artifact x target x batch x sequence length) is measured in its own fresh process
 (bench.measure); accuracy comes from export.json / metrics.json and is computed on data/test.jsonl
-when missing. Into a run directory the output is the `bench` stage: written to a temporary sibling
+when missing. ARM targets (arm64-emulated*) measure no latency: they run the export's .onnx files
+with aarch64 onnxruntime under qemu and compare them with this host (export/arm64.py). Into a run directory the output is the `bench` stage: written to a temporary sibling
 under the run's lock and renamed into place.
 """
 
@@ -45,13 +46,14 @@ def run_bench(path: str | os.PathLike, *, targets: Optional[Sequence[str]] = Non
               batch: Optional[Sequence[int]] = None, seq: Optional[Sequence[int]] = None,
               iterations: Optional[int] = None, warmup: Optional[int] = None,
               report_dir: Optional[str | os.PathLike] = None, compare_optimum: Optional[bool] = None,
-              recipe: Any = None) -> BenchResult:
+              recipe: Any = None, arm64_opt_level: str = "all") -> BenchResult:
     """Benchmark a run directory (every artifact of onnx/export.json plus the PyTorch references) or one
     .onnx / .ort file.
 
     Arguments left as None come from `recipe.bench` (the run's own recipe.yaml when `recipe` is None),
     else from the built-in defaults (targets cpu and mobile-1t, batch 1, sequence 128, 50 iterations,
-    10 warm-up, no optimum comparison). Output: RUN/bench/ for a run directory, FILE_DIR/bench-STEM/
+    10 warm-up, no optimum comparison). arm64_opt_level: onnxruntime graph optimization level of the
+    ARM check, the same on both sides (disable, basic, extended, all). Output: RUN/bench/ for a run directory, FILE_DIR/bench-STEM/
     for a single file, or report_dir.
     """
     path = Path(path)
@@ -78,15 +80,23 @@ def run_bench(path: str | os.PathLike, *, targets: Optional[Sequence[str]] = Non
         artifacts, notes = discover_run(path)
     else:
         artifacts, notes = discover_file(path), []
+    if any(t.qemu_cpu for t in targets_):
+        if is_run:
+            from distill.arm64_env import require_built
+
+            require_built()  # before any measurement: building it takes minutes and root
+        else:
+            notes.append("ARM targets need a run directory (its data/ splits and onnx/ export); not checked")
     plan = dict(path=path, is_run=is_run, artifacts=artifacts, notes=notes, targets=targets_, batch=batch_,
-                seq=seq_, iterations=iterations_, warmup=warmup_, compare=compare)
+                seq=seq_, iterations=iterations_, warmup=warmup_, compare=compare, arm64_opt_level=arm64_opt_level)
 
     if is_run and report_dir is None:
         from distill.rundir import RunDir
 
         rd = RunDir(path)
         inputs = {"artifacts": {a.key: a.to_dict() for a in artifacts}, "targets": [t.to_dict() for t in targets_],
-                  "batch": batch_, "seq": seq_, "iterations": iterations_, "warmup": warmup_, "compare": compare}
+                  "batch": batch_, "seq": seq_, "iterations": iterations_, "warmup": warmup_, "compare": compare,
+                  "arm64_opt_level": arm64_opt_level}
         holder: dict[str, Any] = {}
         with rd.lock():
             rd.run_stage("bench", inputs, lambda tmp: holder.update(_bench_into(tmp, path / "bench", **plan)),
@@ -110,7 +120,7 @@ def run_bench(path: str | os.PathLike, *, targets: Optional[Sequence[str]] = Non
 
 def _bench_into(out: Path, final: Path, *, path: Path, is_run: bool, artifacts: list[Artifact], notes: list[str],
                 targets: list[Target], batch: list[int], seq: list[int], iterations: int, warmup: int,
-                compare: bool) -> dict[str, Any]:
+                compare: bool, arm64_opt_level: str) -> dict[str, Any]:
     from bench import plots, report
     from bench.host import machine_info
     from bench.measure import run_worker
@@ -123,8 +133,10 @@ def _bench_into(out: Path, final: Path, *, path: Path, is_run: bool, artifacts: 
     notes = list(notes)
     if compare:
         artifacts += _optimum_default(path, is_run, out, final, host["quantization_preset"], notes)
+    arm_targets = [t for t in targets if t.qemu_cpu]
+    targets = [t for t in targets if not t.qemu_cpu]
     if is_run:
-        _fill_accuracy(artifacts, path / "data" / "test.jsonl", targets[0], notes)
+        _fill_accuracy(artifacts, path / "data" / "test.jsonl", (targets or resolve_targets(["cpu"]))[0], notes)
     vocab = min((a.vocab_size for a in artifacts if a.vocab_size), default=None)
     if vocab is None:
         vocab = 100
@@ -144,6 +156,7 @@ def _bench_into(out: Path, final: Path, *, path: Path, is_run: bool, artifacts: 
                                  "size_bytes": a.size_bytes, **r})
 
     warnings = []
+    arm64 = _arm64(path, arm_targets, arm64_opt_level, warnings) if is_run else []
     noisy = [r for r in rows if r.get("noisy")]
     if noisy:
         warnings.append(f"{len(noisy)} of {len(rows)} measurements had a large spread (p90 more than 25% above p50, "
@@ -160,7 +173,7 @@ def _bench_into(out: Path, final: Path, *, path: Path, is_run: bool, artifacts: 
         "schema": report.SCHEMA, "tool": "edge-distill", "version": __version__, "created": now(),
         "source": {"path": str(path), "kind": "run" if is_run else "file"},
         "host": host,
-        "config": {"targets": [t.to_dict() for t in targets], "batch": batch, "seq": seq, "iterations": iterations,
+        "config": {"targets": [t.to_dict() for t in targets + arm_targets], "batch": batch, "seq": seq, "iterations": iterations,
                    "warmup": warmup, "input_seed": INPUT_SEED, "vocab_size": vocab,
                    "inputs": f"synthetic token ids (seed {INPUT_SEED}, uniform over [0, {vocab})) of exactly the given "
                              "length, attention mask all ones, the same for every row"},
@@ -168,10 +181,13 @@ def _bench_into(out: Path, final: Path, *, path: Path, is_run: bool, artifacts: 
                            f"{', '.join(host['isa']) or 'no SIMD extensions detected'}) by restricting cores and "
                            "threads. They are not measurements on a phone: memory bandwidth, caches, clocks and the "
                            "instruction set (ARM NEON / dot-product on a phone) all differ."
-                           if emulated else f"All targets ran on this host ({host['cpu_model']}, "
-                           f"{', '.join(host['isa'])}); none is an emulation."),
+                           if emulated else f"All latency targets ran on this host ({host['cpu_model']}, "
+                           f"{', '.join(host['isa'])}); none is an emulation.")
+                          + (f" {', '.join(t.name for t in arm_targets)}: aarch64 onnxruntime under qemu, checked for "
+                             "label agreement with this host and accuracy only (ARM section); no latency."
+                             if arm_targets else ""),
         "artifacts": [a.to_dict() for a in artifacts],
-        "rows": rows, "notes": notes, "warnings": warnings,
+        "rows": rows, "notes": notes, "warnings": warnings, "arm64": arm64,
     }
     pngs = [p for p in (plots.latency_plot(results, out / "latency.png"),
                         plots.accuracy_latency_plot(results, out / "accuracy_vs_latency.png"),
@@ -202,6 +218,22 @@ def _optimum_default(path: Path, is_run: bool, out: Path, final: Path, preset: s
     notes.append(f"optimum default int8: the student through `optimum-cli export onnx` + `optimum-cli onnxruntime "
                  f"quantize --{preset}` (dynamic, per-tensor, no fusions), as a user would without edge-distill")
     return [a]
+
+
+def _arm64(path: Path, targets: list[Target], level: str, warnings: list[str]) -> list[dict[str, Any]]:
+    """The ARM check of the run's export, once per ARM target (each a QEMU_CPU profile). A failed check
+    is recorded and warned about, as a failed measurement is, so the latency rows are kept."""
+    from export.arm64 import check_export, read_splits
+
+    out = []
+    for t in targets:
+        try:
+            out.append({"target": t.name, **check_export(path / "onnx", read_splits(path), qemu_cpu=t.qemu_cpu,
+                                                         graph_optimization_level=level)})
+        except DistillError as e:
+            out.append({"target": t.name, "qemu_cpu": t.qemu_cpu, "error": str(e)})
+            warnings.append(f"ARM check on {t.name} failed: {e}")
+    return out
 
 
 def _fill_accuracy(artifacts: Iterable[Artifact], test: Path, target: Target, notes: list[str]) -> None:

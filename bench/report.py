@@ -74,9 +74,34 @@ def host_lines(results: dict) -> list[str]:
 def target_lines(results: dict) -> list[str]:
     out = []
     for t in results["config"]["targets"]:
+        if t.get("qemu_cpu"):
+            out.append(f"`{t['name']}`: {t['description']} (ARM section)")
+            continue
         kind = "emulated on this host" if t["emulated"] else "this host"
         out.append(f"`{t['name']}`: cores {t['cores']}, {t['threads']} thread(s), spinning "
                    f"{'on' if t['spin'] else 'off'} ({kind}) — {t['description']}")
+    return out
+
+
+def arm64_sections(results: dict) -> list[dict[str, Any]]:
+    """Per ARM target: title, verdict sentence, and the agreement table (head, rows) or the error."""
+    from export.arm64 import TABLE_HEAD, table
+
+    labels = {a["key"]: a["label"] for a in results["artifacts"]}
+    out = []
+    for c in results.get("arm64") or []:
+        if "error" in c:
+            out.append({"title": f"{c['target']} (QEMU_CPU={c['qemu_cpu']})", "verdict": f"The check failed: {c['error']}",
+                        "head": [], "rows": [], "about": ""})
+            continue
+        hw = ", ".join(k for k, on in (c["arm"].get("hwcaps") or {}).items() if on) or "none of dotprod/i8mm/SVE"
+        out.append({"title": f"{c['target']} (QEMU_CPU={c['qemu_cpu']}: {c['profile']})", "verdict": c["verdict"],
+                    "head": TABLE_HEAD, "rows": table(c, labels),
+                    "about": f"aarch64 onnxruntime {c['arm']['onnxruntime']} (Python {c['arm']['python']}; CPU features "
+                             f"seen: {hw}) against x86 onnxruntime {c['host']['onnxruntime']} here, both with graph "
+                             f"optimization {c['graph_optimization_level']}, {c['threads']} thread(s), the same token "
+                             f"ids (batches of {c['batch_size']}, sorted by length, up to {c['max_length']} tokens). "
+                             f"Check wall time {c['wall_s']:.0f} s. {c['note']}"})
     return out
 
 
@@ -102,6 +127,10 @@ def write_markdown(results: dict, out: Path, plots: list[Path]) -> Path:
               f"Each row ran in its own fresh process, pinned to the target's cores, after {cfg['warmup']} warm-up "
               f"and {cfg['iterations']} timed iterations on {cfg['inputs']}. Accuracy is on the run's test split "
               "(source per artifact below).", "", _md_table(head, rows), ""]
+    for sec in arm64_sections(results):
+        parts += [f"## ARM (aarch64, emulated): {sec['title']}", "", f"**{sec['verdict']}**", ""]
+        if sec["rows"]:
+            parts += [_md_table(sec["head"], sec["rows"]), "", sec["about"], ""]
     if results["warnings"]:
         parts += ["## Warnings", ""] + [f"- {w}" for w in results["warnings"]] + [""]
     parts += ["## Artifacts", "", _md_table(["artifact", "runtime", "file", "size", "accuracy", "accuracy from"],
@@ -150,6 +179,9 @@ def write_html(results: dict, out: Path, plots: list[Path]) -> Path:
 <p>Each row ran in its own fresh process, pinned to the target's cores, after {results['config']['warmup']} warm-up and
 {results['config']['iterations']} timed iterations on {e(results['config']['inputs'])}.</p>
 {_html_table(head, rows)}
+{''.join(f"<h2>ARM (aarch64, emulated): {e(sec['title'])}</h2><p><b>{e(sec['verdict'])}</b></p>"
+         + (_html_table(sec['head'], sec['rows']) + f"<p>{e(sec['about'])}</p>" if sec['rows'] else '')
+         for sec in arm64_sections(results))}
 {'<h2>Warnings</h2>' + li(results['warnings']) if results['warnings'] else ''}
 <h2>Artifacts</h2>{art}
 {'<h2>Notes</h2>' + li(results['notes']) if results['notes'] else ''}

@@ -2,14 +2,17 @@
 
 Mobile targets emulate a phone's big-core budget on this host by restricting cores and threads;
 they say nothing about a phone's memory bandwidth or instruction set, and the report says so.
+ARM targets (qemu_cpu set) run the exported .onnx files with aarch64 onnxruntime under qemu
+(export/arm64.py): a correctness check against this host, never a latency.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass
-from typing import Any, Iterable
+from typing import Any, Iterable, Optional
 
+from distill.arm64_env import PROFILES as ARM_PROFILES
 from distill.errors import DistillError
 
 
@@ -21,6 +24,7 @@ class Target:
     description: str = ""
     spin: bool = True  # ORT intra-op spinning; off for mobile profiles (a phone scheduler parks idle cores)
     emulated: bool = False  # a profile emulated on this host, not the device itself
+    qemu_cpu: Optional[str] = None  # set: aarch64 onnxruntime under qemu with this QEMU_CPU; accuracy only
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -43,6 +47,11 @@ def builtin_targets() -> dict[str, Target]:
         "mobile-1t": Target("mobile-1t", cores[:1], 1,
                             "phone-class budget: 1 big core, 1 thread, no spinning (emulated on this host)",
                             spin=False, emulated=True),
+        **{name: Target(name, cores, 1, f"aarch64 onnxruntime under qemu user-mode, QEMU_CPU={cpu} ({what}); "
+                                        "label agreement with this host and accuracy, no latency",
+                        spin=False, emulated=True, qemu_cpu=cpu)
+           for name, cpu, what in (("arm64-emulated", "max", ARM_PROFILES["max"]),
+                                   ("arm64-emulated-little", "cortex-a53", ARM_PROFILES["cortex-a53"]))},
     }
 
 

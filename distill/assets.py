@@ -65,6 +65,13 @@ ASSETS: dict[str, Asset] = {
     ]
 }
 
+# Built on this machine instead of installed from a carrier (`distill assets install NAME` builds them into
+# cache_dir()); each has its own module.
+BUILT = {
+    "arm64-env": "aarch64 Debian + Python 3.11 + onnxruntime under qemu, for the ARM check (`distill bench --target "
+                 "arm64-emulated`); needs root, qemu-user-static and debootstrap (distill/arm64_env.py)",
+}
+
 _PIN_LINE = re.compile(r"^([A-Za-z0-9_.\-]+)==([^\s]+)\s+--hash=sha256:([0-9a-f]{64})\s*$")
 
 
@@ -72,7 +79,7 @@ def get(name: str) -> Asset:
     """Look up an asset by bare name or by `builtin:`/`packaged:` reference."""
     bare = name.split(":", 1)[1] if name.startswith((BUILTIN, PACKAGED)) else name
     if bare not in ASSETS:
-        raise AssetError(f"Unknown asset {name!r}. Known assets: {', '.join(ASSETS)} "
+        raise AssetError(f"Unknown asset {name!r}. Known assets: {', '.join([*ASSETS, *BUILT])} "
                          "(see `distill assets list`).")
     asset = ASSETS[bare]
     if name.startswith(BUILTIN) and asset.kind != "data" or name.startswith(PACKAGED) and asset.kind != "model":

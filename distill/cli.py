@@ -20,6 +20,7 @@ import typer
 from rich.console import Console
 
 from distill import __version__
+from distill.distributed import is_rank_zero
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, rich_markup_mode="rich",
                   help="Distill a big model into a tiny int8 ONNX one, and prove it with a latency and accuracy report.")
@@ -32,7 +33,7 @@ app.add_typer(assets_app, name="assets")
 app.add_typer(recipe_app, name="recipe")
 app.add_typer(data_app, name="data")
 
-out = Console()
+out = Console(quiet=not is_rank_zero())  # under torchrun, rank 0 alone reports progress
 err = Console(stderr=True)
 _state = {"debug": False}
 
@@ -42,7 +43,8 @@ SetOpt = Annotated[list[str], typer.Option("--set", help="Override a recipe key:
 def _setup_logging(debug: bool) -> None:
     from rich.logging import RichHandler
 
-    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, format="%(message)s",
+    level = logging.DEBUG if debug else logging.INFO if is_rank_zero() else logging.WARNING
+    logging.basicConfig(level=level, format="%(message)s",
                         handlers=[RichHandler(console=err, show_path=debug, show_time=False)], force=True)
     for noisy in ("urllib3", "filelock", "matplotlib", "PIL", "fsspec", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

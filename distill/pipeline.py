@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from distill.distributed import barrier, is_rank_zero, shutdown
 from distill.recipe import Recipe, dump_recipe
 from distill.rundir import RunDir, StageResult
 
@@ -71,11 +72,14 @@ def run_recipe(recipe: Recipe, run_dir: Path, *, resume: bool = False, force: bo
     uses it for progress).
     """
     notify = on_stage or (lambda name, event: None)
-    run = RunDir.prepare(run_dir, resume=resume, force=force)
+    # Under torchrun only rank 0 opens, locks and writes the run directory; the others follow.
+    run = RunDir.prepare(run_dir, resume=resume, force=force) if is_rank_zero() else RunDir(run_dir)
     with run.lock():
-        if force:
-            run.wipe()
-        (run.path / "recipe.yaml").write_text(dump_recipe(recipe))
+        if is_rank_zero():
+            if force:
+                run.wipe()
+            (run.path / "recipe.yaml").write_text(dump_recipe(recipe))
+        barrier()
         ctx = Context(recipe=recipe, run=run)
         done: list[StageResult] = []
         not_built: list[str] = []
@@ -95,4 +99,5 @@ def run_recipe(recipe: Recipe, run_dir: Path, *, resume: bool = False, force: bo
             ctx.results[stage.name] = res
             done.append(res)
             notify(stage.name, "reused" if res.skipped else "done")
+        shutdown()
         return RunSummary(run.path, done, not_built)

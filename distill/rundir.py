@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from distill.distributed import barrier, from_rank_zero, is_rank_zero
 from distill.errors import LockedError, RunDirError
 from distill.faults import maybe_kill
 
@@ -87,11 +88,6 @@ def replace_dir(tmp: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, final)
-
-
-def is_rank_zero() -> bool:
-    """Under torchrun / accelerate only rank 0 takes the lock and writes."""
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _pid_alive(pid: int) -> bool:
@@ -251,7 +247,8 @@ class RunDir:
         in_digest = digest(inputs)
         final = self.path / name
         rec = self.read()["stages"].get(name) or {}
-        if resume and rec.get("inputs_sha256") == in_digest and self.verify(name):
+        reuse = is_rank_zero() and resume and rec.get("inputs_sha256") == in_digest and self.verify(name)
+        if from_rank_zero(reuse):  # every rank must take the same branch (the Trainer syncs them)
             log.info("stage %s: inputs unchanged and outputs verified; reusing it", name)
             return StageResult(name, final, True, 0.0)
         tmp = self.path / f".{name}.tmp-{os.getpid()}"
@@ -268,11 +265,15 @@ class RunDir:
             self._update_stage(name, status="failed", finished=now())
             raise
         wall = time.perf_counter() - t0
-        outputs = hash_tree(tmp)
-        replace_dir(tmp, final)
-        self._update_stage(name, status="complete", finished=now(), wall_s=round(wall, 3),
-                           inputs_sha256=in_digest, outputs=outputs, output_sha256=digest(outputs),
-                           versions=library_versions())
+        if is_rank_zero():
+            outputs = hash_tree(tmp)
+            replace_dir(tmp, final)
+            self._update_stage(name, status="complete", finished=now(), wall_s=round(wall, 3),
+                               inputs_sha256=in_digest, outputs=outputs, output_sha256=digest(outputs),
+                               versions=library_versions())
+        else:  # rank 0's copy of the same outputs is the one kept
+            shutil.rmtree(tmp, ignore_errors=True)
+        barrier()  # no rank reads this stage's outputs before rank 0 has moved them into place
         return StageResult(name, final, False, wall)
 
     def output_digest(self, name: str, files: tuple[str, ...] | None = None) -> str | None:

@@ -107,7 +107,7 @@ def teacher_stage(ctx: Any, out: Path) -> None:
             log.info("teacher: resuming from %s", resume_from)
         result = trainer.train(resume_from_checkpoint=resume_from)
         model = trainer.model
-        train_info.update(steps=result.global_step, train_loss=result.training_loss,
+        train_info.update(steps=result.global_step, train_loss=result.training_loss, world_size=trainer.args.world_size,
                           best_checkpoint=Path(trainer.state.best_model_checkpoint or "").name or None)
     train_info["wall_s"] = round(time.perf_counter() - t0, 1)
 

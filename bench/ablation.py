@@ -1,0 +1,103 @@
+"""Ablation of the default recipe's student settings over seeds (issue 5).
+
+For each seed, one full `distill run` (the baseline: KD as the recipe ships it), then each variant
+as a copy of that run directory resumed with one override, so the teacher and its soft labels are
+shared and only what the override touches is rebuilt. Accuracy figures only; the wall times in the
+run ledgers are not comparable when other work shares the machine.
+
+    .venv/bin/python bench/ablation.py --seeds 0 1 2 --out bench/results/ablation-default.md
+
+Reruns pick up where they stopped (completed runs are reused through --resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+VARIANTS: dict[str, list[str]] = {
+    "kd": [],  # the default recipe: kl 0.5 + ce 0.5, T=2, no curriculum, no augmentation
+    "plain-ft": ["distill.losses={ce: 1.0}"],
+    "curriculum-margin": ["distill.curriculum.scorer=margin"],
+    "augment-x1": ["data.augment.multiplier=1"],
+}
+
+
+def _distill(recipe: str, models: Path, name: str, sets: list[str]) -> None:
+    cmd = [sys.executable, "-m", "distill.cli", "run", recipe, "--models-dir", str(models), "--name", name, "--resume"]
+    for s in sets:
+        cmd += ["--set", s]
+    print("+", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+
+
+def _complete(run: Path) -> bool:
+    try:
+        stages = json.loads((run / "run.json").read_text())["stages"]
+    except (OSError, ValueError, KeyError):
+        return False
+    return stages.get("evaluate", {}).get("status") == "complete"
+
+
+def run_all(recipe: str, seeds: list[int], variants: list[str], models: Path) -> dict:
+    results: dict = {}
+    for seed in seeds:
+        base = models / f"abl-s{seed}-kd"
+        if not _complete(base):
+            _distill(recipe, models, base.name, [f"seed={seed}"])
+        for v in variants:
+            run = models / f"abl-s{seed}-{v}"
+            if v != "kd" and not _complete(run):
+                if not run.exists():
+                    shutil.copytree(base, run, ignore=shutil.ignore_patterns(".lock*", ".*.tmp-*"))
+                _distill(recipe, models, run.name, [f"seed={seed}", *VARIANTS[v]])
+            t = json.loads((run / "teacher" / "metrics.json").read_text())
+            s = json.loads((run / "student" / "metrics.json").read_text())
+            results.setdefault(v, {})[seed] = {
+                "teacher_test": t["test"]["accuracy"], "val": s["validation"]["accuracy"],
+                "test": s["test"]["accuracy"], "test_f1": s["test"].get("macro_f1"),
+                "kept": s["kept_of_teacher"]}
+    return results
+
+
+def table(results: dict, seeds: list[int]) -> str:
+    pct = lambda x: f"{100 * x:.2f}"  # noqa: E731
+    lines = ["| variant | " + " | ".join(f"seed {s} val / test" for s in seeds) + " | mean val | mean test | mean kept of teacher |",
+             "|---" * (len(seeds) + 4) + "|"]
+    for v, by_seed in results.items():
+        cells = [f"{pct(by_seed[s]['val'])} / {pct(by_seed[s]['test'])}" for s in seeds]
+        mv = statistics.mean(by_seed[s]["val"] for s in seeds)
+        mt = statistics.mean(by_seed[s]["test"] for s in seeds)
+        sd = statistics.stdev(by_seed[s]["test"] for s in seeds) if len(seeds) > 1 else 0.0
+        mk = statistics.mean(by_seed[s]["kept"] for s in seeds)
+        lines.append(f"| {v} | " + " | ".join(cells) + f" | {pct(mv)} | {pct(mt)} ± {pct(sd)} | {pct(mk)}% |")
+    teachers = ", ".join(f"seed {s}: {pct(results['kd'][s]['teacher_test'])}" for s in seeds if s in results.get("kd", {}))
+    return "\n".join(lines) + f"\n\nTeacher test accuracy ({teachers}).\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--recipe", default="default")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--models-dir", type=Path, default=Path("models"))
+    ap.add_argument("--out", type=Path, default=None, help="write the markdown table here too")
+    a = ap.parse_args()
+    res = run_all(a.recipe, a.seeds, a.variants, a.models_dir)
+    md = (f"Ablation of `{a.recipe}` (student settings; data split seed 0; training seeds {a.seeds}).\n"
+          f"Command: `.venv/bin/python bench/ablation.py --recipe {a.recipe} --seeds {' '.join(map(str, a.seeds))}`\n\n"
+          + table(res, a.seeds))
+    print(md)
+    if a.out:
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        a.out.write_text(md)
+        (a.out.with_suffix(".json")).write_text(json.dumps(res, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

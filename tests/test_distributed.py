@@ -1,0 +1,53 @@
+"""`distill run` under torchrun: two CPU processes (gloo) train with DDP; rank 0 alone writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from test_data import corpus, write_csv
+from test_pipeline import FAST
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _torchrun(models: Path, csv: Path, tiny_bert: Path, *extra: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+           "-m", "distill.cli", "run", "--models-dir", str(models), *extra]
+    for s in [f"data.source={csv}", f"teacher.model={tiny_bert}", "name=ddp", *FAST]:
+        cmd += ["--set", s]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+
+
+def test_two_process_run_trains_with_ddp_and_only_rank_zero_writes(tmp_path, tiny_bert):
+    csv = write_csv(tmp_path, corpus(8))
+    models = tmp_path / "models"
+    p = _torchrun(models, csv, tiny_bert)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    rd = models / "ddp"
+    ledger = json.loads((rd / "run.json").read_text())["stages"]
+    assert all(ledger[s]["status"] == "complete" for s in ("data", "teacher", "soft_labels", "student", "evaluate"))
+    t = json.loads((rd / "teacher" / "metrics.json").read_text())
+    assert t["train"]["world_size"] == 2
+    # DDP splits each batch's examples across the two ranks: the same epochs take half the steps
+    n_train = len((rd / "data" / "train.jsonl").read_text().splitlines())
+    assert t["train"]["steps"] == 4 * -(-n_train // (8 * 2))
+    # one set of outputs, no per-rank leftovers, one log line per logging step (rank 0 only)
+    assert not list(rd.glob(".*.tmp-*")) and not (rd / ".lock").exists()
+    rows = (rd / "logs" / "train.jsonl").read_text().splitlines()
+    assert len(rows) == len(set(rows)) and any('"teacher"' in r for r in rows)
+    assert p.stdout.count("distill run") == 1  # progress printed once, by rank 0
+
+    # a resumed two-process run agrees on reuse across ranks and reruns nothing
+    p = _torchrun(models, csv, tiny_bert, "--resume")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stdout.count("(reused)") == 5
