@@ -62,3 +62,42 @@ def test_killed_run_resumes_to_the_same_result(setup, tiny_bert, fault):
     got = json.loads((run / "student" / "metrics.json").read_text())
     assert got["test"] == ref["test"] and got["validation"] == ref["validation"]
     assert not list(run.glob(".*.tmp-*")) and not (run / ".lock").exists()
+
+
+def _cli(args: list[str], fault: str | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    env.pop("DISTILL_FAULT", None)
+    if fault:
+        env["DISTILL_FAULT"] = fault
+    return subprocess.run([str(Path(sys.executable).parent / "distill"), *args], capture_output=True, text=True,
+                          env=env, timeout=600)
+
+
+EXPORT = ["export", "onnx", "--allow-mismatch", "--no-ort"]
+BENCH = ["bench", "--target", "cpu", "--iterations", "3", "--warmup", "1", "--seq", "16", "--no-compare-optimum"]
+
+
+@pytest.mark.parametrize("stage", ["onnx", "bench"])
+def test_killed_export_or_bench_leaves_nothing_that_looks_complete(setup, tmp_path, stage):
+    import shutil
+
+    from distill.rundir import RunDir
+
+    root, _, _ = setup
+    run = tmp_path / "f"
+    shutil.copytree(root / "ref" / "f", run)
+    if stage == "bench":
+        assert _cli([*EXPORT, str(run)]).returncode == 0
+    cmd = [*(EXPORT if stage == "onnx" else BENCH), str(run)]
+    killed = _cli(cmd, fault=f"{stage}:end")  # everything built, killed just before the rename
+    assert killed.returncode == -signal.SIGKILL
+    assert not (run / stage).exists() and (run / ".lock").exists()
+    assert json.loads((run / "run.json").read_text())["stages"][stage]["status"] == "running"
+
+    again = _cli(cmd)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "stale lock" in again.stderr
+    assert RunDir(run).verify(stage)  # complete, every file's sha256 as recorded
+    assert not list(run.glob(".*.tmp-*")) and not (run / ".lock").exists()
+    # the training stages before it were never touched
+    assert all(RunDir(run).verify(s) for s in ("data", "teacher", "soft_labels", "student", "evaluate"))
