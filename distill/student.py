@@ -129,6 +129,7 @@ def _round_rows(pool: list[dict[str, Any]], soft: SoftLabels, weights: np.ndarra
 
 def student_stage(ctx: Any, out: Path) -> None:
     import torch
+    from transformers import set_seed
 
     from distill.teacher import load_teacher
 
@@ -139,6 +140,7 @@ def student_stage(ctx: Any, out: Path) -> None:
     val, test = read_split(data_dir, "validation"), read_split(data_dir, "test")
     device = choose_device(r.device)
     teacher, teacher_tok = load_teacher(run / "teacher")
+    set_seed(r.seed)  # a new head or projection draws from the global RNG (see teacher_stage)
     student, tok = build_student(r, teacher, teacher_tok, names)
     tmetrics = json.loads((run / "teacher" / "metrics.json").read_text())
     pool = student_pool(data_dir)

@@ -62,7 +62,7 @@ def label_noise(rows: list[dict[str, Any]], logits: np.ndarray, names: list[str]
 
 
 def teacher_stage(ctx: Any, out: Path) -> None:
-    from transformers import DataCollatorWithPadding, EarlyStoppingCallback, Trainer
+    from transformers import DataCollatorWithPadding, EarlyStoppingCallback, Trainer, set_seed
 
     r, t = ctx.recipe, ctx.recipe.teacher
     data_dir = ctx.run.path / "data"
@@ -72,6 +72,9 @@ def teacher_stage(ctx: Any, out: Path) -> None:
     device = choose_device(r.device)
     tok = load_tokenizer(t.model, t.trust_remote_code)
     max_length = pick_max_length(tok, [row["text"] for row in train], t.max_length)
+    # The new classifier head's initial weights come from the global RNG: seed it here, so the
+    # result does not depend on what ran earlier in this process (a fresh run vs a --resume).
+    set_seed(r.seed)
     model = load_classifier(t.model, names, trust_remote_code=t.trust_remote_code, allow_pickle=t.allow_pickle,
                             dropout=t.dropout, quantization=t.quantization)
     if t.quantization != "none" and device.device != "cuda":

@@ -147,3 +147,26 @@ def test_eight_bit_teacher_loads_on_cpu_where_bitsandbytes_allows(tiny_bert):
 def test_recipe_validation_catches_hidden_loss_typos():
     with pytest.raises(Exception, match="hidden_mse"):
         load_recipe(None, ["distill.losses={hiden_mse: 1.0}"])
+
+
+def test_new_head_init_does_not_depend_on_what_ran_before_in_the_process(tmp_path, tiny_bert, csv_path):
+    """A checkpoint without a classifier head (like the packaged minilm-l6) gets a fresh head; its
+    weights must come from the recipe's seed, not from the RNG state earlier stages left behind."""
+    import shutil
+
+    import torch
+    from transformers import BertModel
+
+    base = tmp_path / "base"
+    BertModel.from_pretrained(tiny_bert).save_pretrained(base)
+    for f in tiny_bert.iterdir():
+        if "token" in f.name or f.name == "vocab.txt":
+            shutil.copy(f, base / f.name)
+    args = [f"teacher.model={base}", "teacher.epochs=1"]
+    torch.manual_seed(1)
+    a = run(tmp_path / "a", tiny_bert, csv_path, *args)
+    torch.rand(1000)  # a different global RNG state before the second, identical run
+    b = run(tmp_path / "b", tiny_bert, csv_path, *args)
+    assert a.exit_code == b.exit_code == 0, a.output + b.output
+    ta, tb = (json.loads((tmp_path / x / "models" / "t" / "teacher" / "metrics.json").read_text()) for x in "ab")
+    assert ta["train"]["train_loss"] == tb["train"]["train_loss"] and ta["test"] == tb["test"]
