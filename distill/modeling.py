@@ -30,10 +30,34 @@ def check_weights(path: str, allow_pickle: bool) -> None:
         raise DistillError(f"{p}: no weights found (no *.safetensors). The folder is incomplete.")
 
 
+def check_remote_code(path: str, trust_remote_code: bool) -> None:
+    """Refuse a local folder that ships its own Python classes (an `auto_map`) unless the recipe trusts it.
+
+    transformers would refuse too, but with a prompt or an error that does not name the recipe key.
+    """
+    import json
+
+    p = Path(path)
+    if trust_remote_code or not p.is_dir():
+        return
+    for name in ("config.json", "tokenizer_config.json"):
+        try:
+            auto_map = json.loads((p / name).read_text()).get("auto_map")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if auto_map:
+            code = sorted({str(v if isinstance(v, str) else v[0]).split(".")[0] + ".py" for v in auto_map.values() if v})
+            raise DistillError(f"{p}: {name} maps the model to Python code shipped in the folder ({', '.join(code)}), "
+                               "which would run on load. It runs only with trust_remote_code: true in the recipe's "
+                               "teacher (or student) section; set it only if you trust the source.")
+
+
 def load_tokenizer(ref: str, trust_remote_code: bool = False) -> Any:
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(resolve_model(ref), trust_remote_code=trust_remote_code)
+    path = resolve_model(ref)
+    check_remote_code(path, trust_remote_code)
+    return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
 
 
 def load_classifier(ref: str, names: list[str], *, trust_remote_code: bool = False, allow_pickle: bool = False,
@@ -43,6 +67,7 @@ def load_classifier(ref: str, names: list[str], *, trust_remote_code: bool = Fal
 
     path = resolve_model(ref)
     check_weights(path, allow_pickle)
+    check_remote_code(path, trust_remote_code)
     config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     config.num_labels = len(names)
     config.id2label = dict(enumerate(names))

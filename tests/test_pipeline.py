@@ -121,6 +121,21 @@ def test_pickle_only_teacher_is_refused(tmp_path, tiny_bert, csv_path):
     assert r.exit_code == 2 and "pickle" in r.output and "allow_pickle" in r.output
 
 
+def test_remote_code_teacher_is_refused_and_its_code_never_runs(tmp_path, tiny_bert, csv_path):
+    import shutil
+
+    folder = tmp_path / "remote"
+    shutil.copytree(tiny_bert, folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["auto_map"] = {"AutoConfig": "evil.EvilConfig", "AutoModelForSequenceClassification": "evil.EvilModel"}
+    (folder / "config.json").write_text(json.dumps(cfg))
+    marker = tmp_path / "code-ran"
+    (folder / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('x')\n")
+    r = run(tmp_path, folder, csv_path, name="rc")
+    assert r.exit_code == 2 and "evil.py" in r.output and "trust_remote_code: true" in r.output, r.output
+    assert not marker.exists() and not (tmp_path / "models" / "rc" / "teacher").exists()
+
+
 def test_device_choice():
     from distill.device import choose_device
     from distill.errors import DistillError
