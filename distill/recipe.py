@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer,
+                      model_validator)
 
 from distill.errors import RecipeError
 
@@ -88,20 +89,51 @@ class Training(_Section):
     dropout: Optional[float] = Field(None, ge=0, lt=1, description="Override the model's hidden/attention dropout; None = keep.")
 
 
+class Prompt(_Section):
+    """teacher.kind: prompted: an instruct causal LM labels texts by few-shot prompting (distill/prompted.py)."""
+
+    shots: int = Field(4, ge=0, le=32, description="Labelled training examples per class in the prompt (seeded draw, shuffled); 0 = zero-shot.")
+    verbalizers: Optional[dict[str, str]] = Field(
+        None, description="Label name -> the word(s) the LM answers with (e.g. {fresh: positive, rotten: negative}); None = the label names. Several tokens score by the sum of their log-probabilities.")
+    instruction: str = Field("Classify the text. Answer with one of: {labels}.",
+                             description="The prompt's instruction (the system message under a chat template); {labels} becomes the verbalizers.")
+    chat_template: bool = Field(True, description="Use the tokenizer's chat template when it has one (else, and when false: a plain 'Text: ... Label: ...' prompt).")
+    calibrate: bool = Field(True, description="Contextual calibration (Zhao et al. 2021): subtract the label log-probabilities of a content-free text. metrics.json reports both.")
+    content_free: str = Field("N/A", description="The content-free text that calibration measures the LM's label bias on.")
+    max_prompt_tokens: int = Field(2048, gt=0, description="Cap on the shared few-shot prefix in tokens (its example texts are cut to teacher.max_length first).")
+
+
 class Teacher(Training):
+    kind: Literal["fine-tuned", "prompted"] = Field(
+        "fine-tuned", description="fine-tuned: train a sequence classifier; prompted: an instruct causal LM labels few-shot, untrained (teacher.prompt).")
     model: str = Field("packaged:minilm-l6", description="packaged:NAME, a local model folder, or a Hugging Face Hub id.")
     train: bool = Field(True, description="Fine-tune on the labelled data; false = use an already fine-tuned classifier as is.")
     max_train_samples: Optional[int] = Field(None, gt=0, description="Fine-tune on at most this many labelled rows (big teachers on CPU).")
-    quantization: Literal["none", "8bit", "4bit"] = Field("none", description="Load through bitsandbytes and train LoRA adapters (QLoRA); needs lora.")
+    quantization: Literal["none", "8bit", "4bit"] = Field("none", description="Load through bitsandbytes and train LoRA adapters (QLoRA); needs lora. kind prompted: 8/4-bit inference, no lora (CUDA).")
     lora: Optional[Lora] = Field(None, description="Train LoRA adapters instead of all weights (works on CPU too).")
     trust_remote_code: bool = Field(False, description="Run model code shipped with the checkpoint. Off unless you trust its source.")
     allow_pickle: bool = Field(False, description="Allow loading .bin (pickle) weights; safetensors only by default.")
 
+    prompt: Prompt = Field(default_factory=Prompt, description="The few-shot prompt of a prompted teacher.")
+
     @model_validator(mode="after")
     def _quantization_needs_lora(self) -> "Teacher":
-        if self.quantization != "none" and self.lora is None:
+        if self.kind == "prompted":
+            if self.lora is not None:
+                raise ValueError("a prompted teacher (kind: prompted) is not trained: drop the `lora:` section")
+        elif self.quantization != "none" and self.lora is None:
             raise ValueError("quantization 8bit/4bit trains LoRA adapters: add a `lora:` section (e.g. `lora: {r: 8}`)")
         return self
+
+    @model_serializer(mode="wrap")
+    def _omit_prompt_keys(self, handler: Any) -> Any:
+        # A fine-tuned teacher's dump stays what it was before prompted teachers existed: the teacher
+        # stage's input digest hashes this section, so existing run folders still resume without retraining.
+        data = handler(self)
+        if self.kind == "fine-tuned" and isinstance(data, dict):
+            data.pop("kind", None)
+            data.pop("prompt", None)
+        return data
 
 
 class Student(Training):
@@ -208,6 +240,20 @@ class Recipe(_Section):
     export: Export = Field(default_factory=Export)
     bench: Bench = Field(default_factory=Bench)
     tune: Tune = Field(default_factory=Tune)
+
+    def cross_problems(self) -> list[tuple[tuple[str, ...], str]]:
+        """(key, message) for settings that are valid alone but not together."""
+        out = []
+        if self.teacher.kind == "prompted":
+            if self.student.init != "pretrained":
+                out.append((("student", "init"), f"{self.student.init} builds the student from the teacher, but a prompted "
+                            "teacher (teacher.kind: prompted) is a causal LM, not a classifier: use student.init: pretrained "
+                            "with student.model (e.g. packaged:minilm-l6)"))
+            hidden = [k for k in ("hidden_mse", "hidden_cos") if self.distill.losses.get(k)]
+            if hidden:
+                out.append((("distill", "losses"), f"{', '.join(hidden)} compare hidden states with the teacher's, which a "
+                            "prompted teacher does not provide: use kl and ce"))
+        return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -331,32 +377,38 @@ def validate_dict(data: dict, source: str = "<recipe>", lines: dict | None = Non
                   overridden: set | None = None) -> Recipe:
     lines = lines or {}
     overridden = overridden or set()
+
+    def where(loc: tuple[str, ...]) -> str:
+        if any(loc[: len(o)] == o for o in overridden):
+            return "--set: "
+        if loc in lines:
+            return f"line {lines[loc]}: "
+        if loc[:-1] in lines:
+            return f"line {lines[loc[:-1]]}: "
+        return ""
+
     try:
-        return Recipe.model_validate(data)
+        recipe = Recipe.model_validate(data)
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
             loc = tuple(str(p) for p in err["loc"])
             dotted = ".".join(loc) or "(top level)"
-            if any(loc[: len(o)] == o for o in overridden):
-                where = "--set: "
-            elif loc in lines:
-                where = f"line {lines[loc]}: "
-            elif loc[:-1] in lines:
-                where = f"line {lines[loc[:-1]]}: "
-            else:
-                where = ""
             if err["type"] == "extra_forbidden":
                 valid = _fields_at(loc[:-1])
                 near = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.6)
                 hint = f" Did you mean {near[0]!r}?" if near else ""
-                problems.append(f"{where}{dotted}: unknown key.{hint} Valid keys here: {', '.join(valid)}.")
+                problems.append(f"{where(loc)}{dotted}: unknown key.{hint} Valid keys here: {', '.join(valid)}.")
             else:
                 msg = err["msg"].removeprefix("Value error, ")
                 got = err.get("input")
                 shown = "" if isinstance(got, dict) or err["type"] == "missing" else f" (got {got!r})"
-                problems.append(f"{where}{dotted}: {msg}{shown}")
+                problems.append(f"{where(loc)}{dotted}: {msg}{shown}")
         raise RecipeError(problems, source) from None
+    problems = [f"{where(loc)}{'.'.join(loc)}: {msg}" for loc, msg in recipe.cross_problems()]
+    if problems:
+        raise RecipeError(problems, source)
+    return recipe
 
 
 def dump_recipe(recipe: Recipe) -> str:

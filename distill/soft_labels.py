@@ -76,10 +76,12 @@ def label_texts(teacher: Any, tokenizer: Any, texts: Sequence[str], max_length: 
     """Soft labels for texts, running the teacher only on texts the previous cache lacks."""
     from distill.training import predict_logits
 
-    base = previous or SoftLabels(np.zeros((0, teacher.config.num_labels), np.float32), {})
+    prompted = hasattr(teacher, "label_logits")  # distill.prompted.PromptedTeacher builds its own prompts
+    num_labels = teacher.num_labels if prompted else teacher.config.num_labels
+    base = previous or SoftLabels(np.zeros((0, num_labels), np.float32), {})
     todo = list(dict.fromkeys(base.missing(texts)))
     if todo:
-        logits = predict_logits(teacher, tokenizer, todo, max_length)
+        logits = teacher.label_logits(todo) if prompted else predict_logits(teacher, tokenizer, todo, max_length)
         base = base.extended(todo, logits)
     return base
 

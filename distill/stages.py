@@ -37,7 +37,7 @@ STAGES: list[Stage] = [
           fingerprint=_data_fingerprint),
     Stage("teacher", _lazy("distill.teacher", "teacher_stage"),
           ("teacher", "device", "data.label_noise", "data.label_noise_threshold"), ("data",),
-          "fine-tune the teacher", fingerprint=_teacher_fingerprint,
+          "fine-tune (or few-shot prompt) the teacher", fingerprint=_teacher_fingerprint,
           reads={"data": ("train.jsonl", "validation.jsonl", "test.jsonl", "labels.json")}),
     Stage("soft_labels", _lazy("distill.soft_labels", "soft_labels_stage"), (), ("data", "teacher"),
           "teacher logits on the student's pool"),

@@ -65,6 +65,10 @@ def teacher_stage(ctx: Any, out: Path) -> None:
     from transformers import DataCollatorWithPadding, EarlyStoppingCallback, Trainer, set_seed
 
     r, t = ctx.recipe, ctx.recipe.teacher
+    if t.kind == "prompted":  # an instruct LM labels few-shot: no training (distill/prompted.py)
+        from distill.prompted import prompted_teacher_stage
+
+        return prompted_teacher_stage(ctx, out)
     data_dir = ctx.run.path / "data"
     names = read_labels(data_dir)
     train = _subsample(read_split(data_dir, "train"), t.max_train_samples, r.seed)
@@ -146,9 +150,15 @@ def teacher_stage(ctx: Any, out: Path) -> None:
 
 
 def load_teacher(folder: Path) -> tuple[Any, Any]:
-    """The fine-tuned teacher of a run (a full model, or a quantized base plus its LoRA adapter)."""
+    """The teacher of a run: a fine-tuned classifier (a full model, or a quantized base plus its
+    LoRA adapter), or a prompted LM, which loads on first use and tokenizes its own prompts (its
+    tokenizer here is None)."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    from distill.prompted import SPEC_FILE, load_prompted
+
+    if (folder / SPEC_FILE).exists():
+        return load_prompted(folder), None
     tok = AutoTokenizer.from_pretrained(folder)
     info = folder / ADAPTER_INFO
     if info.exists():
