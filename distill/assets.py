@@ -68,8 +68,8 @@ ASSETS: dict[str, Asset] = {
 # Built on this machine instead of installed from a carrier (`distill assets install NAME` builds them into
 # cache_dir()); each has its own module.
 BUILT = {
-    "arm64-env": "aarch64 Debian + Python 3.11 + onnxruntime under qemu, for the ARM check (`distill bench --target "
-                 "arm64-emulated`); needs root, qemu-user-static and debootstrap (distill/arm64_env.py)",
+    "arm64-env": "aarch64 Debian + onnxruntime under qemu for the ARM check (built here: root, qemu-user-static, "
+                 "debootstrap)",
 }
 
 _PIN_LINE = re.compile(r"^([A-Za-z0-9_.\-]+)==([^\s]+)\s+--hash=sha256:([0-9a-f]{64})\s*$")

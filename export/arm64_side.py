@@ -49,13 +49,13 @@ def split_logits(sess, folder: str, batch_size: int) -> np.ndarray:
               for n in ("input_ids", "attention_mask", "token_type_ids") if os.path.exists(os.path.join(folder, f"{n}.npy"))}
     lengths = np.load(os.path.join(folder, "lengths.npy"))
     inputs = {i.name: (np.int32 if "int32" in i.type else np.int64) for i in sess.get_inputs()}
+    for name in inputs:  # a tokenizer without token type ids: zeros, as export/runtime.py feeds them
+        arrays.setdefault(name, np.zeros_like(arrays["input_ids"]))
     outs = []
     for start in range(0, len(lengths), batch_size):
         width = max(1, int(lengths[start:start + batch_size].max()))
-        feed = {}
-        for name, dtype in inputs.items():
-            a = arrays.get(name, np.zeros_like(arrays["input_ids"]))
-            feed[name] = np.ascontiguousarray(a[start:start + batch_size, :width], dtype=dtype)
+        feed = {name: np.ascontiguousarray(arrays[name][start:start + batch_size, :width], dtype=dtype)
+                for name, dtype in inputs.items()}
         outs.append(sess.run(None, feed)[0].astype(np.float32))
     return np.concatenate(outs) if outs else np.zeros((0, 0), np.float32)
 
