@@ -229,10 +229,29 @@ class Tune(_Section):
     space: dict[str, Any] = Field(default_factory=dict, description="Dotted key -> [low, high] or a list of choices.")
 
 
+DEFAULT_PROMPTS = ["The movie was", "I expected more from", "The best part of the film is",
+                   "The director's new thriller", "This comedy is"]
+
+
+class CausalLM(_Section):
+    """task: causal-lm: a causal LM distilled into a smaller one, token by token (distill/causal_lm.py)."""
+
+    top_k: int = Field(20, ge=1, le=1000, description="Teacher logits cached per token; the KL term uses their distribution renormalized over these k tokens. Changing it reruns the teacher stage.")
+    eval_texts: Optional[int] = Field(None, gt=0, description="Perplexity on the first N validation and test texts (small budgets on CPU); None = all.")
+    prompts: list[str] = Field(default_factory=lambda: list(DEFAULT_PROMPTS), min_length=1,
+                               description="Prompts of the export's check that ONNX greedy generation matches PyTorch's.")
+    new_tokens: int = Field(32, ge=2, le=1024, description="Tokens generated per prompt in that check, and per decode measurement in the LM bench.")
+    int8_exclude: list[str] = Field(default_factory=lambda: ["down_proj"],
+                                    description="MatMul nodes whose name contains one of these stay fp32 in the int8 export: the MLP output projection's input has outlier activations that per-tensor dynamic int8 flattens; add lm_head to keep the head fp32 (6-layer SmolLM2 student, next-token agreement with PyTorch: 0.78 as is, 0.94 with lm_head and int8_embeddings: false, at 1.7x the file size and half the decode speed).")
+    int8_embeddings: bool = Field(True, description="Quantize the embedding table (Gather) too; false keeps it fp32.")
+
+
 class Recipe(_Section):
     name: str = Field("default", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="Run name: the run lands in models/NAME.")
     seed: int = Field(0, description="Seed for training, sampling and augmentation.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = CUDA when present (bf16 where supported, else fp16), else CPU fp32.")
+    task: Literal["classification", "causal-lm"] = Field(
+        "classification", description="classification: a sequence classifier; causal-lm: distil a causal LM into a smaller one token by token (section lm; texts from data, labels unused).")
     data: Data = Field(default_factory=Data)
     teacher: Teacher = Field(default_factory=Teacher)
     student: Student = Field(default_factory=Student)
@@ -240,6 +259,16 @@ class Recipe(_Section):
     export: Export = Field(default_factory=Export)
     bench: Bench = Field(default_factory=Bench)
     tune: Tune = Field(default_factory=Tune)
+    lm: CausalLM = Field(default_factory=CausalLM, description="Settings of task: causal-lm.")
+
+    @model_serializer(mode="wrap")
+    def _omit_lm_keys(self, handler: Any) -> Any:
+        # A classification recipe dumps exactly as before task: causal-lm existed (see Teacher).
+        data = handler(self)
+        if self.task == "classification" and isinstance(data, dict):
+            data.pop("task", None)
+            data.pop("lm", None)
+        return data
 
     def cross_problems(self) -> list[tuple[tuple[str, ...], str]]:
         """(key, message) for settings that are valid alone but not together."""
@@ -253,7 +282,26 @@ class Recipe(_Section):
             if hidden:
                 out.append((("distill", "losses"), f"{', '.join(hidden)} compare hidden states with the teacher's, which a "
                             "prompted teacher does not provide: use kl and ce"))
+        if self.task == "causal-lm":
+            out += _causal_lm_problems(self)
         return out
+
+
+def _causal_lm_problems(r: "Recipe") -> list[tuple[tuple[str, ...], str]]:
+    out = []
+    if r.teacher.kind == "prompted":
+        out.append((("teacher", "kind"), "task: causal-lm distils the teacher LM itself; teacher.kind: prompted is "
+                    "for classification (use fine-tuned, with teacher.train: false to distil it as it is)"))
+    other = [k for k, w in r.distill.losses.items() if w and k not in ("kl", "ce")]
+    if other:
+        out.append((("distill", "losses"), f"task: causal-lm has the token-level losses kl and ce only, not "
+                    f"{', '.join(other)}"))
+    if r.distill.rounds != 1 or r.distill.curriculum.scorer != "none":
+        out.append((("distill",), "task: causal-lm trains one round without a curriculum: set distill.rounds: 1 and "
+                    "distill.curriculum.scorer: none"))
+    if r.export.quantize == "static":
+        out.append((("export", "quantize"), "task: causal-lm exports dynamic int8 (or none), not static"))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

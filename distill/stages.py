@@ -1,6 +1,9 @@
 """The stage table of `distill run` (DESIGN.md "Stages"). `fn=None` marks a stage not built yet.
 
 Stage functions are imported lazily (through _lazy) so that listing the stages costs nothing.
+`task: causal-lm` runs the same five stages with the functions of distill/causal_lm_stages.py
+(the recipe picks them when the stage runs), so a classification run's stage inputs, and with
+them what `--resume` reuses, are exactly what they were before the task existed.
 """
 
 from __future__ import annotations
@@ -20,6 +23,17 @@ def _lazy(module: str, name: str) -> Callable[[Any, Path], None]:
     return call
 
 
+def _by_task(module: str, name: str) -> Callable[[Any, Path], None]:
+    classify = _lazy(module, name)
+    causal = _lazy("distill.causal_lm_stages", name)
+
+    def call(ctx: Any, out: Path) -> None:
+        return (causal if ctx.recipe.task == "causal-lm" else classify)(ctx, out)
+
+    call.__name__ = name
+    return call
+
+
 def _data_fingerprint(recipe: Any) -> Any:
     from distill.data.prepare import source_fingerprint
 
@@ -29,20 +43,24 @@ def _data_fingerprint(recipe: Any) -> Any:
 def _teacher_fingerprint(recipe: Any) -> Any:
     from distill.teacher import teacher_fingerprint
 
+    if recipe.task == "causal-lm":  # the LM teacher stage also reads the section lm
+        from distill.causal_lm_stages import lm_fingerprint
+
+        return {"task": recipe.task, "lm": lm_fingerprint(recipe), "model": teacher_fingerprint(recipe)}
     return teacher_fingerprint(recipe)
 
 
 STAGES: list[Stage] = [
     Stage("data", _lazy("distill.data.prepare", "data_stage"), ("data",), (), "load, clean, split, few-shot, augment",
           fingerprint=_data_fingerprint),
-    Stage("teacher", _lazy("distill.teacher", "teacher_stage"),
+    Stage("teacher", _by_task("distill.teacher", "teacher_stage"),
           ("teacher", "device", "data.label_noise", "data.label_noise_threshold"), ("data",),
           "fine-tune (or few-shot prompt) the teacher", fingerprint=_teacher_fingerprint,
           reads={"data": ("train.jsonl", "validation.jsonl", "test.jsonl", "labels.json")}),
-    Stage("soft_labels", _lazy("distill.soft_labels", "soft_labels_stage"), (), ("data", "teacher"),
+    Stage("soft_labels", _by_task("distill.soft_labels", "soft_labels_stage"), (), ("data", "teacher"),
           "teacher logits on the student's pool"),
-    Stage("student", _lazy("distill.student", "student_stage"), ("data", "student", "distill", "device"),
+    Stage("student", _by_task("distill.student", "student_stage"), ("data", "student", "distill", "device"),
           ("data", "teacher", "soft_labels"), "distill the student"),
-    Stage("evaluate", _lazy("distill.evaluate", "evaluate_stage"), ("data",), ("teacher", "student"),
+    Stage("evaluate", _by_task("distill.evaluate", "evaluate_stage"), ("data",), ("teacher", "student"),
           "test-split metrics beside the TF-IDF floor"),
 ]

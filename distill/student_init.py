@@ -31,8 +31,10 @@ def _set_layer_count(config: Any, n: int) -> None:
             return
 
 
-def from_teacher_layers(teacher: Any, layers: list[int]) -> Any:
-    """A student with the teacher's embeddings, head and the chosen layers, in order."""
+def from_teacher_layers(teacher: Any, layers: list[int], auto_class: Any = None) -> Any:
+    """A student with the teacher's embeddings, head and the chosen layers, in order. auto_class
+    builds it from the config (default AutoModelForSequenceClassification; causal LMs pass
+    AutoModelForCausalLM)."""
     from transformers import AutoModelForSequenceClassification
 
     total = layer_count(teacher.config)
@@ -43,7 +45,7 @@ def from_teacher_layers(teacher: Any, layers: list[int]) -> Any:
     _set_layer_count(config, len(layers))
     if hasattr(config, "layer_types") and isinstance(config.layer_types, list):
         config.layer_types = [config.layer_types[i] for i in layers]
-    student = AutoModelForSequenceClassification.from_config(config)
+    student = (auto_class or AutoModelForSequenceClassification).from_config(config)
     new_index = {old: new for new, old in enumerate(layers)}
     mapped = {}
     for name, tensor in teacher.state_dict().items():
@@ -63,7 +65,7 @@ def from_teacher_layers(teacher: Any, layers: list[int]) -> Any:
     return student
 
 
-def from_config(teacher: Any, overrides: dict[str, Any]) -> Any:
+def from_config(teacher: Any, overrides: dict[str, Any], auto_class: Any = None) -> Any:
     from transformers import AutoModelForSequenceClassification
 
     config = copy.deepcopy(teacher.config)
@@ -73,4 +75,4 @@ def from_config(teacher: Any, overrides: dict[str, Any]) -> Any:
         setattr(config, key, value)
     log.warning("student.init=config trains from random weights: expect to need far more data than a student "
                 "built from the teacher's layers")
-    return AutoModelForSequenceClassification.from_config(config)
+    return (auto_class or AutoModelForSequenceClassification).from_config(config)

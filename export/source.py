@@ -65,6 +65,9 @@ def resolve(path: Path, *, which: str = "student", data: Path | None = None) -> 
         raise ExportError(f"{path} is not a folder. Give a run directory (models/NAME, written by `distill run`) "
                           "or a Hugging Face model folder (config.json + model.safetensors + tokenizer files).")
     if is_run_dir(path):
+        if _run_task(path) == "causal-lm":
+            raise ExportError(f"{path} is a task: causal-lm run; export it with `python -m export.causal_lm {path}` "
+                              "(ONNX with KV cache, int8, greedy-generation check against PyTorch).")
         model_dir = path / which
         if not model_dir.is_dir():
             raise ExportError(f"The run directory {path} has no {which}/ folder yet. Run `distill run` until the "
@@ -88,6 +91,15 @@ def resolve(path: Path, *, which: str = "student", data: Path | None = None) -> 
                                            "train": rows}, parity_split="validation")
     rows = [{"text": t} for t in DEFAULT_TEXTS]
     return Source(path, config, texts={"validation": rows, "test": [], "train": rows}, parity_split="builtin-texts")
+
+
+def _run_task(run_dir: Path) -> str:
+    import yaml
+
+    try:
+        return (yaml.safe_load((run_dir / "recipe.yaml").read_text()) or {}).get("task", "classification")
+    except (OSError, yaml.YAMLError, AttributeError):
+        return "classification"
 
 
 def read_jsonl(path: Path, *, required: bool) -> list[dict]:
