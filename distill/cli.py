@@ -216,12 +216,12 @@ Arm64OptLevel = Annotated[OptLevel, typer.Option(help="ONNX Runtime graph optimi
 def _print_arm64(check: dict) -> None:
     from rich.table import Table
 
-    from export.arm64 import TABLE_HEAD, table
+    from export.arm64 import table
 
-    t = Table(title=f"ARM check: {check.get('target', 'arm64')} (QEMU_CPU={check['qemu_cpu']}), graph optimization "
-                    f"{check['graph_optimization_level']}; emulated, so no speeds")
-    for col in TABLE_HEAD:
-        t.add_column(col, justify="left" if col in ("artifact", "split") else "right")
+    t = Table(title=f"ARM check{' ' + check['target'] if 'target' in check else ''} (QEMU_CPU={check['qemu_cpu']}, graph "
+                    f"optimization {check['graph_optimization_level']}); emulated seconds are not a speed")
+    for col in ("artifact", "split", "n", "agree w/ x86", "max |Δ logit|", "identical", "ARM acc", "x86 acc", "emulated s"):
+        t.add_column(col, justify="left" if col in ("artifact", "split") else "right", no_wrap=col in ("artifact", "split"))
     for row in table(check):
         t.add_row(*row)
     out.print(t)

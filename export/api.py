@@ -10,8 +10,8 @@ existing output folder is replaced only with force=True. With arm64 set, the ARM
 
 from __future__ import annotations
 
-import logging
 import json
+import logging
 import os
 import shutil
 from dataclasses import dataclass, field

@@ -284,7 +284,7 @@ def verdict(result: dict) -> str:
             "bar: measure accuracy on an ARM device before trusting the host's figure.")
 
 
-TABLE_HEAD = ["artifact", "split", "n", "labels agree with x86", "max |logit diff|", "bit-identical", "ARM accuracy",
+TABLE_HEAD = ["artifact", "split", "n", "labels agree with x86", "max abs logit diff", "bit-identical", "ARM accuracy",
               "x86 accuracy", "emulated wall s (not a speed)"]
 
 
