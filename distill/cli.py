@@ -228,18 +228,48 @@ def _print_arm64(check: dict) -> None:
     out.print(("[green]✓[/] " if check["passed"] else "[red]✗[/] ") + check["verdict"], highlight=False)
 
 
+def _run_recipe(path: Path) -> Any:
+    """The resolved recipe of a run directory, or None for anything else (a model folder, a file)."""
+    from distill.recipe import load_recipe
+
+    f = Path(path) / "recipe.yaml"
+    return load_recipe(f) if f.is_file() else None
+
+
+def _export_options(rec: Any, given: dict[str, Any]) -> dict[str, Any]:
+    """Export options: a flag the user gave wins, then the run's recipe `export:` section, then its defaults."""
+    from distill.recipe import Export
+
+    section = (rec.export if rec is not None else Export()).model_dump()
+    opts = {k: section[k] if v is None else v for k, v in given.items()}
+    opts["fp32_atol"], opts["int8_min_agreement"] = section["fp32_atol"], section["int8_min_agreement"]
+    return opts
+
+
+def _export_causal_lm(path: Path, which: str, allow_mismatch: bool) -> None:
+    from export.causal_lm import export_run
+
+    m = export_run(path, which=which, allow_mismatch=allow_mismatch)
+    for key, a in m["artifacts"].items():
+        g = a["greedy"]
+        ok = g["matched"] == g["n"]
+        out.print(f"{'[green]✓' if ok else '[yellow]!'}[/] {key:<13} {a['size_bytes'] / 1e6:8.1f} MB  greedy generation = "
+                  f"PyTorch on {g['matched']}/{g['n']} prompts, next-token agreement "
+                  f"{g['teacher_forced']['argmax_agreement']:.3f}", highlight=False)
+
+
 @export_app.command("onnx")
 @guarded
 def export_onnx(
     path: Annotated[Path, typer.Argument(help="A run directory (models/NAME) or a Hugging Face model folder.")],
     which: Annotated[Which, typer.Option(help="Which model of a run to export.")] = Which.student,
-    quantize: Annotated[Quantize, typer.Option(help="int8 quantization.")] = Quantize.dynamic,
-    isa: Annotated[Isa, typer.Option(help="Instruction set to quantize for.")] = Isa.auto,
-    optimize: Annotated[bool, typer.Option(help="ONNX Runtime transformer fusions.")] = True,
-    opset: Annotated[int, typer.Option(help="ONNX opset (11-21).")] = 17,
-    calibration_samples: Annotated[int, typer.Option(help="Training texts that calibrate static int8.")] = 256,
-    per_channel: Annotated[bool, typer.Option(help="Per-channel int8 weight scales (default: on; on the default run it raised int8 label agreement from 94.0% to 98.1%).")] = True,
-    ort: Annotated[bool, typer.Option(help="Also write the .ort file and the mobile usability report.")] = True,
+    quantize: Annotated[Optional[Quantize], typer.Option(help="int8 quantization. Default for a run: its recipe's export section (as for every option below), else dynamic.")] = None,
+    isa: Annotated[Optional[Isa], typer.Option(help="Instruction set to quantize for (default auto).")] = None,
+    optimize: Annotated[Optional[bool], typer.Option("--optimize/--no-optimize", help="ONNX Runtime transformer fusions (default on).")] = None,
+    opset: Annotated[Optional[int], typer.Option(help="ONNX opset, 11-21 (default 17).")] = None,
+    calibration_samples: Annotated[Optional[int], typer.Option(help="Training texts that calibrate static int8 (default 256).")] = None,
+    per_channel: Annotated[Optional[bool], typer.Option("--per-channel/--no-per-channel", help="Per-channel int8 weight scales (default on; on the default run it raised int8 label agreement from 94.0% to 98.1%).")] = None,
+    ort: Annotated[Optional[bool], typer.Option("--ort/--no-ort", help="Also write the .ort file and the mobile usability report (default on).")] = None,
     output: Annotated[Optional[Path], typer.Option(help="Output folder (default: RUN/onnx).")] = None,
     allow_mismatch: Annotated[bool, typer.Option(help="Keep going when the parity gate fails.")] = False,
     force: Annotated[bool, typer.Option(help="Replace an existing --output folder.")] = False,
@@ -252,9 +282,13 @@ def export_onnx(
 
     from export.api import export_onnx as run_export
 
-    res = run_export(path, which=which.value, quantize=quantize.value, isa=isa.value, optimize=optimize, opset=opset,
-                     calibration_samples=calibration_samples, per_channel=per_channel, ort=ort,
-                     allow_mismatch=allow_mismatch, output=output, force=force,
+    rec = _run_recipe(path)
+    if rec is not None and rec.task == "causal-lm":
+        return _export_causal_lm(path, which.value, allow_mismatch)
+    given = {"quantize": quantize and quantize.value, "isa": isa and isa.value, "optimize": optimize, "opset": opset,
+             "calibration_samples": calibration_samples, "per_channel": per_channel, "ort": ort}
+    opts = _export_options(rec, given)
+    res = run_export(path, which=which.value, **opts, allow_mismatch=allow_mismatch, output=output, force=force,
                      arm64={"qemu_cpu": arm64_cpu, "graph_optimization_level": arm64_opt_level.value} if check_arm64 else None)
     for line in res.lines:
         out.print(("[green]" if line.startswith("✓") else "[red]") + line + "[/]", highlight=False)
@@ -290,6 +324,12 @@ def bench(
 
     from bench.api import run_bench
 
+    rec = _run_recipe(path)
+    if rec is not None and rec.task == "causal-lm":
+        from bench.causal_lm import bench_lm, report_md
+
+        out.print(report_md(bench_lm(path, targets=target or None)), highlight=False)
+        return
     res = run_bench(path, targets=target or None, batch=batch or None, seq=seq or None, iterations=iterations,
                     warmup=warmup, report_dir=report, compare_optimum=compare_optimum,
                     arm64_opt_level=arm64_opt_level.value)

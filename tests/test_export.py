@@ -144,6 +144,22 @@ def test_reexport_via_cli_replaces_previous_output(tiny_bert, tmp_path):
     assert json.loads((run / "onnx" / "export.json").read_text())["opset"] == 14
 
 
+def test_cli_export_defaults_come_from_the_runs_recipe_and_flags_win(tiny_bert, tmp_path):
+    from typer.testing import CliRunner
+
+    from distill.cli import app
+
+    run = make_run(tmp_path, tiny_bert)
+    (run / "recipe.yaml").write_text("name: tiny\nexport:\n  quantize: none\n  ort: false\n  opset: 15\n")
+    r = CliRunner().invoke(app, ["export", "onnx", str(run)])
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in (run / "onnx").glob("model*")) == ["model.onnx"]  # recipe: no int8, no .ort
+    assert json.loads((run / "onnx" / "export.json").read_text())["opset"] == 15
+    r = CliRunner().invoke(app, ["export", "onnx", str(run), "--opset", "14"])
+    assert r.exit_code == 0, r.output
+    assert json.loads((run / "onnx" / "export.json").read_text())["opset"] == 14
+
+
 def test_existing_output_is_refused_unless_force(tiny_bert, tmp_path):
     out = tmp_path / "out"
     export_onnx(tiny_bert, output=out, **FAST)
