@@ -394,7 +394,7 @@ def tune(
             val = f"[dim]{list(t['intermediate'].values())[-1]:.4f} at eval {list(t['intermediate'])[-1]}[/]"
         else:
             val = "-"
-        table.add_row(str(t["number"]), t["state"], params, val, "-" if t["wall_s"] is None else f"{t['wall_s']:.1f} s")
+        table.add_row(str(t["number"]), t["state"] + (" (defaults)" if t.get("baseline") else ""), params, val, "-" if t["wall_s"] is None else f"{t['wall_s']:.1f} s")
     out.print(table)
     for note in res.notes:
         out.print(f"[yellow]note:[/] {note}")

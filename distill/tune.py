@@ -223,6 +223,38 @@ def apply_params(recipe: Recipe, params: dict[str, Any], source: str = "tune") -
     return validate_dict(data, source)
 
 
+def baseline_params(recipe: Recipe, dims: list[Dimension]) -> Optional[dict[str, Any]]:
+    """The recipe's own values of the searched keys, as Optuna params; None when any lies outside
+    the space (then there is no baseline trial) or distill.alpha has no meaning (losses not kl + ce = 1)."""
+    data = recipe.model_dump(mode="json")
+    params: dict[str, Any] = {}
+    for d in dims:
+        if d.key == "distill.alpha":
+            losses = data["distill"]["losses"]
+            if set(losses) - {"kl", "ce"} or not math.isclose(sum(losses.values()), 1.0):
+                return None
+            value: Any = losses.get("kl", 0.0)
+        else:
+            value = data
+            for part in d.key.split("."):
+                value = value[part]
+        if d.kind == "choice":
+            if value not in d.choices:
+                return None
+            params[d.key] = json.dumps(value) if d._encoded else value
+            continue
+        if not isinstance(value, (int, float)) or not d.low <= value <= d.high:
+            return None
+        if d.step and not math.isclose((value - d.low) / d.step, round((value - d.low) / d.step)):
+            return None
+        if d.kind == "int":
+            if value != int(value):
+                return None
+            value = int(value)
+        params[d.key] = value
+    return params
+
+
 def parse_space(recipe: Recipe) -> list[Dimension]:
     """Validate tune.space against the Recipe schema; RecipeError lists every problem at once."""
     space = recipe.tune.space
@@ -372,7 +404,7 @@ def _reporting(trial: Any, stage: str) -> Iterator[None]:
                 return
             step = next(steps)
             trial.report(float(value), step)
-            if trial.should_prune():
+            if not trial.user_attrs.get("baseline") and trial.should_prune():
                 raise optuna.TrialPruned(f"{stage} validation accuracy {value:.4f} at evaluation {step} "
                                          "is below the median of earlier trials")
 
@@ -489,6 +521,7 @@ def tune(recipe: Recipe, run_dir: Path | str, *, trials: int, timeout: Optional[
         todo = trials - len(study.get_trials(states=finished))
         before = len(study.trials)
         if todo > 0:
+            _enqueue_baseline(study, recipe, dims)
             base = tune_dir / "base"
             if shared:
                 log.info("tune: running the stages no searched key changes (%s) once, in %s", ", ".join(shared), base)
@@ -499,6 +532,23 @@ def tune(recipe: Recipe, run_dir: Path | str, *, trials: int, timeout: Optional[
         else:
             log.info("tune: the study already holds %d finished trials; nothing to run", trials - todo)
         return write_report(study, recipe, tune_dir, objective, new_trials=len(study.trials) - before)
+
+
+def _enqueue_baseline(study: Any, recipe: Recipe, dims: list[Dimension]) -> None:
+    """Queue the recipe's own values as the next trial unless the study has (or queues) one: the
+    table then shows what the search gained over the defaults, measured on the same teacher."""
+    import optuna
+
+    live = [t for t in study.trials if t.user_attrs.get("baseline") and t.state != optuna.trial.TrialState.FAIL]
+    if live:
+        return
+    params = baseline_params(recipe, dims)
+    if params is None:
+        log.info("tune: the recipe's own values lie outside tune.space; no baseline trial")
+        return
+    study.enqueue_trial(params, user_attrs={"baseline": True})
+    log.info("tune: the recipe's own values (%s) run as a baseline trial, never pruned",
+             ", ".join(f"{k}={v}" for k, v in params.items()))
 
 
 def _objective(recipe: Recipe, dims: list[Dimension], shared: list[str], base: Path, trials_dir: Path,
@@ -553,6 +603,7 @@ def _trial_row(t: Any, dims: dict[str, Dimension], tune_dir: Path) -> dict[str, 
         "wall_s": wall,
         "reused": t.user_attrs.get("reused", []),
         "run_dir": os.path.relpath(run_dir, tune_dir) if run_dir else None,
+        "baseline": bool(t.user_attrs.get("baseline")),
     }
 
 
@@ -562,11 +613,14 @@ def write_report(study: Any, recipe: Recipe, tune_dir: Path, objective: str, *, 
     rows = [_trial_row(t, by_key, tune_dir) for t in study.trials]
     complete = [r for r in rows if r["state"] == "complete"]
     best = max(complete, key=lambda r: (r["validation_accuracy"], -r["number"])) if complete else None
+    baseline = next((r for r in rows if r["baseline"] and r["state"] != "fail"), None)
     notes: list[str] = []
     write_json_atomic(tune_dir / "trials.json", {
         "study": study.study_name, "objective": f"{objective} validation accuracy (maximized; test is never used)",
         "space": recipe.tune.space,
         "best": {k: best[k] for k in ("number", "validation_accuracy", "params")} if best else None,
+        "baseline": ({k: baseline[k] for k in ("number", "state", "validation_accuracy", "params")}
+                     if baseline else None),
         "trials": rows})
     plots: dict[str, Path] = {}
     if any(r["validation_accuracy"] is not None or r["intermediate"] for r in rows):
@@ -591,17 +645,25 @@ def write_report(study: Any, recipe: Recipe, tune_dir: Path, objective: str, *, 
                            f"{counts['fail']} failed), so there is no best recipe; see {tune_dir / 'trials.json'}. "
                            "Run more trials (--trials), or a longer --timeout.")
     best_path = tune_dir / "best.yaml"
-    _write_best(recipe, best, best_path, tune_dir, objective, len(rows))
+    _write_best(recipe, best, best_path, tune_dir, objective, len(rows), baseline)
     return TuneResult(tune_dir, study.study_name, objective, best_path, best["number"], best["validation_accuracy"],
                       best["params"], rows, new_trials, plots, notes)
 
 
-def _write_best(recipe: Recipe, best: dict[str, Any], path: Path, tune_dir: Path, objective: str, n: int) -> None:
+def _write_best(recipe: Recipe, best: dict[str, Any], path: Path, tune_dir: Path, objective: str, n: int,
+                baseline: Optional[dict[str, Any]] = None) -> None:
     tuned = apply_params(recipe, best["params"], source=str(path))
     tuned = tuned.model_copy(update={"name": f"{recipe.name}-tuned"})
     params = "\n".join(f"#   {k}: {json.dumps(v)}" for k, v in best["params"].items())
+    if baseline is None:
+        against = "# No baseline trial (the recipe's own values lie outside tune.space).\n"
+    elif baseline["validation_accuracy"] is None:
+        against = f"# The recipe's own values (trial {baseline['number']}) did not finish ({baseline['state']}).\n"
+    else:
+        against = (f"# The recipe's own values (trial {baseline['number']}) scored {baseline['validation_accuracy']:.4f}"
+                   + (": the defaults were best.\n" if baseline["number"] == best["number"] else ".\n"))
     header = (f"# Best of {n} `distill tune` trials in {tune_dir} (trial {best['number']}): {objective} validation\n"
-              f"# accuracy {best['validation_accuracy']:.4f}. Tuned values:\n{params}\n"
+              f"# accuracy {best['validation_accuracy']:.4f}. Tuned values:\n{params}\n{against}"
               f"# Run it with: distill run {path}   (lands in models/{tuned.name}; test accuracy is measured there)\n")
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(header + dump_recipe(validate_dict(tuned.model_dump(mode="json"), str(path))))

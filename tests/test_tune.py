@@ -77,6 +77,11 @@ def test_three_trials_write_a_valid_best_recipe(search):
         assert t["wall_s"] > 0 and set(t["params"]) == {"distill.temperature", "student.learning_rate"}
         assert list(t["intermediate"]) == ["0", "1"]  # one report per student epoch
     assert "test" not in json.dumps(table["best"])
+    # trial 0 ran the recipe's own values (FAST: T=2, student lr 5e-3), the baseline the search is judged by
+    assert [t["baseline"] for t in res.trials] == [True, False, False, False]
+    assert res.trials[0]["params"] == {"distill.temperature": 2.0, "student.learning_rate": 5e-3}
+    assert table["baseline"]["number"] == 0 and table["baseline"]["validation_accuracy"] == done[0]["validation_accuracy"]
+    assert f"own values (trial 0) scored {done[0]['validation_accuracy']:.4f}" in res.best_recipe.read_text()
     assert (tdir / "history.png").stat().st_size > 10_000
     if len({t["validation_accuracy"] for t in done}) > 1:
         assert (tdir / "importance.png").stat().st_size > 10_000 and not res.notes
@@ -136,6 +141,19 @@ def test_pruned_trial_stops_training_at_its_first_report(search):
     trial = search["run"] / "tune" / "trials" / "0001"
     assert json.loads((trial / "run.json").read_text())["stages"]["student"]["status"] == "failed"
     assert not (trial / "student").exists()
+
+
+def test_baseline_is_the_recipes_own_values_or_none_outside_the_space(tmp_path):
+    from distill.tune import baseline_params, parse_space
+
+    space = "tune.space={student.epochs: [1, 4], distill.alpha: [0.2, 0.9], student.layers: [[0, 5], [1, 3]]}"
+    rec = load_recipe(None, [space])  # the default recipe: 2 student epochs, kl 0.5 + ce 0.5, layers [0, 5]
+    assert baseline_params(rec, parse_space(rec)) == {"student.epochs": 2, "distill.alpha": 0.5,
+                                                        "student.layers": "[0, 5]"}
+    outside = load_recipe(None, [space, "student.epochs=6"])
+    assert baseline_params(outside, parse_space(outside)) is None
+    no_alpha = load_recipe(None, [space, "distill.losses={kl: 1.0, mse: 0.5}"])
+    assert baseline_params(no_alpha, parse_space(no_alpha)) is None
 
 
 def test_bad_space_keys_are_reported_with_the_nearest_valid_key(tmp_path, tiny_bert):
