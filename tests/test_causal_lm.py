@@ -177,7 +177,7 @@ def _run(tmp_path: Path, teacher: Path, *extra: str, flags: tuple[str, ...] = ()
     if not csv.exists():
         write_csv(tmp_path, corpus(4))
     args = ["run", "--models-dir", str(tmp_path / "models")]
-    for s in (f"data.source={csv}", "name=lm", "task=causal-lm", f"teacher.model={teacher}", "teacher.train=false",
+    for s in (f"data.source={csv}", "data.augment.multiplier=0", "name=lm", "task=causal-lm", f"teacher.model={teacher}", "teacher.train=false",
               "student.layers=[0, 3]", "student.epochs=2", "student.batch_size=4", "student.learning_rate=3e-3",
               "lm.top_k=8", "distill.temperature=1.0", *extra):
         args += ["--set", s]
