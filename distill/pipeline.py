@@ -41,6 +41,11 @@ class Stage:
     # Where a stage reads only some of an upstream stage's files: {stage: (file, ...)}. Only those
     # files' digests then decide reuse (the teacher does not retrain when augmentation changes).
     reads: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # Raise it when a code change alters what the stage produces from the same inputs (as seeding
+    # the new classifier head did): `--resume` then rebuilds the stage instead of reusing an output
+    # the current code would not make. Revision 1 adds nothing to the inputs, so runs made before
+    # revisions existed keep their digests.
+    revision: int = 1
 
 
 def _stages() -> list[Stage]:
@@ -94,6 +99,8 @@ def run_recipe(recipe: Recipe, run_dir: Path, *, resume: bool = False, force: bo
             inputs["upstream"] = {dep: run.output_digest(dep, stage.reads.get(dep)) for dep in stage.after}
             if stage.fingerprint:
                 inputs["fingerprint"] = stage.fingerprint(recipe)
+            if stage.revision > 1:
+                inputs["revision"] = stage.revision
             notify(stage.name, "start")
             res = run.run_stage(stage.name, inputs, lambda out, st=stage: st.fn(ctx, out), resume=resume)
             ctx.results[stage.name] = res

@@ -301,6 +301,10 @@ def _causal_lm_problems(r: "Recipe") -> list[tuple[tuple[str, ...], str]]:
                     "distill.curriculum.scorer: none"))
     if r.export.quantize == "static":
         out.append((("export", "quantize"), "task: causal-lm exports dynamic int8 (or none), not static"))
+    if r.data.augment.multiplier:
+        out.append((("data", "augment"), "task: causal-lm learns the texts as written, and augmentation (word swaps, "
+                    "deletions, insertions, masks) would teach it corrupted text: set data.augment.multiplier: 0 "
+                    "(the default recipe turns augmentation on for classification)"))
     return out
 
 

@@ -157,7 +157,7 @@ def test_topk_cache_round_trip_and_kl_against_a_direct_computation(tmp_path, tin
 def test_recipe_task_causal_lm_keys_and_cross_problems():
     default = load_recipe()
     assert "task" not in dump_recipe(default) and "lm:" not in dump_recipe(default)  # classification dumps as before
-    r = load_recipe(None, ["task=causal-lm", "lm.top_k=7", "teacher.model=x"])
+    r = load_recipe(None, ["task=causal-lm", "lm.top_k=7", "teacher.model=x", "data.augment.multiplier=0"])
     assert r.task == "causal-lm" and r.lm.top_k == 7 and len(r.lm.prompts) == 5
     assert "task: causal-lm" in dump_recipe(r) and "top_k: 7" in dump_recipe(r)
     with pytest.raises(RecipeError) as e:
@@ -170,6 +170,7 @@ def test_recipe_task_causal_lm_keys_and_cross_problems():
                            "export.quantize=static"])
     msg = str(e.value)
     assert "kl and ce only, not hidden_mse" in msg and "distill.rounds: 1" in msg and "not static" in msg
+    assert "data.augment.multiplier: 0" in msg  # the default recipe augments; an LM must not learn corrupted text
 
 
 def _run(tmp_path: Path, teacher: Path, *extra: str, flags: tuple[str, ...] = ()):

@@ -20,8 +20,8 @@ def csv_path(tmp_path_factory):
     return write_csv(tmp_path_factory.mktemp("data"), corpus(8))
 
 
-def run(tmp_path, tiny_bert, csv_path, *extra, name="t"):
-    args = ["run", "--models-dir", str(tmp_path / "models")]
+def run(tmp_path, tiny_bert, csv_path, *extra, name="t", flags=()):
+    args = ["run", "--models-dir", str(tmp_path / "models"), *flags]
     for s in [f"data.source={csv_path}", f"teacher.model={tiny_bert}", f"name={name}", *FAST, *extra]:
         args += ["--set", s]
     return CliRunner().invoke(app, args)
@@ -66,6 +66,26 @@ def test_full_run_writes_every_stage_and_resume_reuses_them(tmp_path, tiny_bert,
     assert ledger["teacher"]["wall_s"] == ledger_teacher_wall
     soft = json.loads((rd / "soft_labels" / "report.json").read_text())
     assert soft["by_origin"]["augmented"] > 0
+
+
+def test_a_raised_stage_revision_rebuilds_that_stage_and_what_reads_it(tmp_path, tiny_bert, csv_path, monkeypatch):
+    import dataclasses
+
+    from distill import stages
+
+    assert run(tmp_path, tiny_bert, csv_path).exit_code == 0
+    rd = tmp_path / "models" / "t"
+    before = json.loads((rd / "run.json").read_text())["stages"]
+    i = next(i for i, s in enumerate(stages.STAGES) if s.name == "teacher")
+    assert stages.STAGES[i].revision == 1  # revision 1 adds nothing to the inputs: older runs keep their digests
+    raised = [dataclasses.replace(s, revision=2) if j == i else s for j, s in enumerate(stages.STAGES)]
+    monkeypatch.setattr(stages, "STAGES", raised)
+    r = run(tmp_path, tiny_bert, csv_path, flags=("--resume",))
+    assert r.exit_code == 0 and r.output.count("reused") == 1, r.output  # data only
+    after = json.loads((rd / "run.json").read_text())["stages"]
+    assert after["data"] == before["data"]
+    assert after["teacher"]["inputs_sha256"] != before["teacher"]["inputs_sha256"]
+    assert all(after[s]["started"] != before[s]["started"] for s in ("teacher", "soft_labels", "student", "evaluate"))
 
 
 def test_few_shot_with_augmentation_curriculum_rounds_and_noise_drop(tmp_path, tiny_bert, csv_path):
