@@ -81,11 +81,17 @@ def test_a_raised_stage_revision_rebuilds_that_stage_and_what_reads_it(tmp_path,
     raised = [dataclasses.replace(s, revision=2) if j == i else s for j, s in enumerate(stages.STAGES)]
     monkeypatch.setattr(stages, "STAGES", raised)
     r = run(tmp_path, tiny_bert, csv_path, flags=("--resume",))
-    assert r.exit_code == 0 and r.output.count("reused") == 1, r.output  # data only
+    assert r.exit_code == 0, r.output
     after = json.loads((rd / "run.json").read_text())["stages"]
-    assert after["data"] == before["data"]
+    assert after["data"] == before["data"]  # reused
     assert after["teacher"]["inputs_sha256"] != before["teacher"]["inputs_sha256"]
-    assert all(after[s]["started"] != before[s]["started"] for s in ("teacher", "soft_labels", "student", "evaluate"))
+    assert after["teacher"]["started"] != before["teacher"]["started"]  # rebuilt
+    # What reads the teacher is keyed on its output: a bit-identical retrain (a fixed thread count
+    # reproduces the tiny teacher exactly) lets the rest be reused; any other output rebuilds it.
+    same = after["teacher"]["output_sha256"] == before["teacher"]["output_sha256"]
+    for s in ("soft_labels", "student", "evaluate"):
+        assert (after[s]["started"] == before[s]["started"]) == same, s
+    assert r.output.count("reused") == (4 if same else 1), r.output
 
 
 def test_few_shot_with_augmentation_curriculum_rounds_and_noise_drop(tmp_path, tiny_bert, csv_path):
