@@ -12,6 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
+from distill.errors import DistillError
 from export import arm64
 
 
@@ -22,10 +23,16 @@ def main() -> None:
     ap.add_argument("--artifact", default="int8-dynamic")
     a = ap.parse_args()
     folder = a.run / "onnx"
-    arts = {k: v for k, v in arm64.export_artifacts(folder).items() if k == a.artifact}
-    if not arts:
-        raise SystemExit(f"{folder} has no {a.artifact} artifact; run `distill export onnx {a.run}` first.")
-    res = arm64.check(arts, folder, arm64.read_splits(a.run, ("test",)), qemu_cpu=a.qemu_cpu)
+    if not (folder / "export.json").is_file():
+        raise SystemExit(f"{folder}/export.json is missing: {a.run} is not an exported run. "
+                         f"Run `distill export onnx {a.run}` first.")
+    try:
+        arts = {k: v for k, v in arm64.export_artifacts(folder).items() if k == a.artifact}
+        if not arts:
+            raise SystemExit(f"{folder} has no {a.artifact} artifact; export with --quantize dynamic first.")
+        res = arm64.check(arts, folder, arm64.read_splits(a.run, ("test",)), qemu_cpu=a.qemu_cpu)
+    except DistillError as e:  # missing aarch64 environment, qemu, splits: the message says the fix
+        raise SystemExit(str(e)) from None
     out = folder / f"arm64-{a.artifact.split('-')[0]}-test.json"
     out.write_text(json.dumps(res, indent=1, default=str) + "\n")
     print(res["verdict"])

@@ -129,11 +129,7 @@ class Teacher(Training):
     def _omit_prompt_keys(self, handler: Any) -> Any:
         # A fine-tuned teacher's dump stays what it was before prompted teachers existed: the teacher
         # stage's input digest hashes this section, so existing run folders still resume without retraining.
-        data = handler(self)
-        if self.kind == "fine-tuned" and isinstance(data, dict):
-            data.pop("kind", None)
-            data.pop("prompt", None)
-        return data
+        return _without(handler(self), ("kind", "prompt") if self.kind == "fine-tuned" else ())
 
 
 class Student(Training):
@@ -264,11 +260,7 @@ class Recipe(_Section):
     @model_serializer(mode="wrap")
     def _omit_lm_keys(self, handler: Any) -> Any:
         # A classification recipe dumps exactly as before task: causal-lm existed (see Teacher).
-        data = handler(self)
-        if self.task == "classification" and isinstance(data, dict):
-            data.pop("task", None)
-            data.pop("lm", None)
-        return data
+        return _without(handler(self), ("task", "lm") if self.task == "classification" else ())
 
     def cross_problems(self) -> list[tuple[tuple[str, ...], str]]:
         """(key, message) for settings that are valid alone but not together."""
@@ -361,6 +353,15 @@ def _fields_at(loc: tuple[Any, ...]) -> list[str]:
         if model is None:
             return []
     return list(getattr(model, "model_fields", {}))
+
+
+def _without(data: Any, keys: tuple[str, ...]) -> Any:
+    """A serializer's output minus keys: sections added later dump only when used, so older recipes'
+    stage digests (which hash these dumps) stay what they were."""
+    if isinstance(data, dict):
+        for k in keys:
+            data.pop(k, None)
+    return data
 
 
 def _set_dotted(data: dict, dotted: str, value: Any) -> None:

@@ -226,18 +226,17 @@ def apply_params(recipe: Recipe, params: dict[str, Any], source: str = "tune") -
 def baseline_params(recipe: Recipe, dims: list[Dimension]) -> Optional[dict[str, Any]]:
     """The recipe's own values of the searched keys, as Optuna params; None when any lies outside
     the space (then there is no baseline trial) or distill.alpha has no meaning (losses not kl + ce = 1)."""
-    data = recipe.model_dump(mode="json")
+    from distill.pipeline import _section  # the dotted-key read the stage digests use
+
     params: dict[str, Any] = {}
     for d in dims:
         if d.key == "distill.alpha":
-            losses = data["distill"]["losses"]
+            losses = _section(recipe, "distill.losses")
             if set(losses) - {"kl", "ce"} or not math.isclose(sum(losses.values()), 1.0):
                 return None
             value: Any = losses.get("kl", 0.0)
         else:
-            value = data
-            for part in d.key.split("."):
-                value = value[part]
+            value = _section(recipe, d.key)
         if d.kind == "choice":
             if value not in d.choices:
                 return None
