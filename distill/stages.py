@@ -60,7 +60,8 @@ STAGES: list[Stage] = [
     Stage("soft_labels", _by_task("distill.soft_labels", "soft_labels_stage"), (), ("data", "teacher"),
           "teacher logits on the student's pool"),
     Stage("student", _by_task("distill.student", "student_stage"), ("data", "student", "distill", "device"),
-          ("data", "teacher", "soft_labels"), "distill the student"),
+          ("data", "teacher", "soft_labels"), "distill the student",
+          revision=2),  # 2: label_noise: drop matches flagged rows by text, not by row number
     Stage("evaluate", _by_task("distill.evaluate", "evaluate_stage"), ("data",), ("teacher", "student"),
           "test-split metrics beside the TF-IDF floor"),
 ]

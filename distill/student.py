@@ -19,7 +19,7 @@ from distill.errors import DistillError
 from distill.faults import step_callback
 from distill.losses import LossInputs, combine
 from distill.modeling import count_parameters, load_classifier, load_tokenizer, num_layers
-from distill.soft_labels import SoftLabels, label_texts, student_pool
+from distill.soft_labels import SoftLabels, label_texts, student_pool, text_key
 from distill.training import (compute_metrics_fn, evaluate_rows, jsonl_logger, pick_max_length, predict_logits,
                               tokenized, training_arguments)
 
@@ -145,10 +145,8 @@ def student_stage(ctx: Any, out: Path) -> None:
     tmetrics = json.loads((run / "teacher" / "metrics.json").read_text())
     pool = student_pool(data_dir)
     if r.data.label_noise == "drop" and (run / "teacher" / "label_noise.json").exists():
-        noisy = {n["row"] for n in json.loads((run / "teacher" / "label_noise.json").read_text())}
-        for i in noisy:  # train rows come first in the pool, in file order
-            pool[i]["label"] = None
-        log.info("label_noise=drop: %d rows keep their soft label but lose the gold-label term", len(noisy))
+        dropped = drop_noisy_labels(pool, json.loads((run / "teacher" / "label_noise.json").read_text()))
+        log.info("label_noise=drop: %d rows keep their soft label but lose the gold-label term", dropped)
     max_length = pick_max_length(tok, [p["text"] for p in pool], s.max_length)
     soft = SoftLabels.load(run / "soft_labels")
 
@@ -224,6 +222,21 @@ def student_stage(ctx: Any, out: Path) -> None:
     from distill.model_card import write_card
 
     write_card(out, r, metrics, names)
+
+
+def drop_noisy_labels(pool: list[dict[str, Any]], flagged: list[dict[str, Any]]) -> int:
+    """Remove the gold label of the training rows the teacher flagged (teacher/label_noise.json).
+
+    Matched by text hash, as soft labels are: the flagged "row" numbers index the teacher's own training
+    set, which is a subsample of data/train.jsonl when teacher.max_train_samples is set.
+    """
+    noisy = {text_key(n["text"]) for n in flagged}
+    dropped = 0
+    for row in pool:
+        if row.get("origin") == "train" and row["label"] is not None and text_key(row["text"]) in noisy:
+            row["label"] = None
+            dropped += 1
+    return dropped
 
 
 def _self_paced_callback(sampler: Any, tok: Any, rows: list[dict[str, Any]], max_length: int, temperature: float):

@@ -46,3 +46,25 @@ def test_layer_indices_beyond_the_teacher_are_refused():
     teacher = AutoModelForSequenceClassification.from_config(_configs()["bert"])
     with pytest.raises(DistillError, match="layers 0..3"):
         from_teacher_layers(teacher, [0, 7])
+
+
+def test_label_noise_drop_matches_the_flagged_texts_when_the_teacher_saw_a_subsample():
+    """teacher.max_train_samples: label_noise.json's row numbers index the teacher's subsample, not
+    data/train.jsonl; the student must drop the gold label of the flagged *texts*."""
+    import numpy as np
+
+    from distill.student import drop_noisy_labels
+    from distill.teacher import _subsample, label_noise
+
+    train = [{"text": f"review number {i}", "label": i % 2} for i in range(40)]
+    seen = _subsample(train, 10, seed=0)  # what the teacher trained and scored
+    assert [r["text"] for r in seen[7:]] != [r["text"] for r in train[7:10]]
+    logits = np.array([[-5.0, 5.0] if r["label"] == 1 else [5.0, -5.0] for r in seen[:7]]
+                      + [[5.0, -5.0] if r["label"] == 1 else [-5.0, 5.0] for r in seen[7:]])
+    flagged = label_noise(seen, logits, ["neg", "pos"], threshold=0.9)  # the teacher contradicts seen[7:]
+    assert sorted(f["row"] for f in flagged) == [7, 8, 9]
+    pool = [{"text": r["text"], "label": r["label"], "origin": "train"} for r in train]
+    pool.append({"text": seen[7]["text"], "label": None, "origin": "augmented"})
+    assert drop_noisy_labels(pool, flagged) == 3
+    dropped = {p["text"] for p in pool if p["origin"] == "train" and p["label"] is None}
+    assert dropped == {r["text"] for r in seen[7:]}  # not train[7..9], what the row numbers would name
