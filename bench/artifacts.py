@@ -16,11 +16,15 @@ from distill.errors import DistillError
 
 log = logging.getLogger(__name__)
 
-EXPORT_KEYS = ["fp32", "int8-dynamic", "int8-static", "int8-dynamic-ort"]
+EXPORT_KEYS = ["fp32", "int8-dynamic", "int8-static", "int8-dynamic-ort", "e2e-int8-dynamic", "e2e-int8-static",
+               "e2e-int8-dynamic-ort", "e2e-int8-static-ort"]
 LABELS = {
     "teacher-pytorch": "teacher, PyTorch fp32", "student-pytorch": "student, PyTorch fp32",
     "fp32": "ONNX fp32", "int8-dynamic": "ONNX int8 dynamic", "int8-static": "ONNX int8 static",
-    "int8-dynamic-ort": ".ort int8 dynamic", "optimum-default": "optimum default int8",
+    "int8-dynamic-ort": ".ort int8 dynamic", "optimum-default": "student int8, optimum default path",
+    "e2e-int8-dynamic": "ONNX int8, text in (tokenizer in graph)", "e2e-int8-static": "ONNX int8 static, text in",
+    "e2e-int8-dynamic-ort": ".ort int8, text in (tokenizer in graph)", "e2e-fp32": "ONNX fp32, text in",
+    "teacher-optimum-int8": "teacher int8, optimum default path", "tfidf-floor": "TF-IDF + LR floor (scikit-learn)",
 }
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json")
 
@@ -29,7 +33,7 @@ _TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json")
 class Artifact:
     key: str
     label: str
-    runtime: str  # "pytorch" | "onnxruntime"
+    runtime: str  # "pytorch" | "onnxruntime" | "onnxruntime-e2e" (text in, tokenizer in the graph) | "tfidf"
     path: Path  # .onnx / .ort file, or a Hugging Face folder for PyTorch rows
     size_bytes: int
     accuracy: Optional[dict[str, Any]] = None  # {"accuracy", "macro_f1", "n"} on the test split
@@ -37,11 +41,14 @@ class Artifact:
     tokenizer: Optional[Path] = None
     vocab_size: Optional[int] = None
     display_path: str = ""  # as written in reports: relative to the run directory when inside it
+    max_length: Optional[int] = None  # the deployed length: every accuracy and real-text row tokenizes at it
+    onnx_graph: Optional[Path] = None  # the .onnx whose shapes give the MACs (an .ort's source)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["path"] = self.display_path or str(self.path)
         d["tokenizer"] = str(self.tokenizer) if self.tokenizer else None
+        d["onnx_graph"] = str(self.onnx_graph) if self.onnx_graph else None
         d.pop("display_path")
         return d
 
@@ -91,18 +98,50 @@ def _rel(path: Path, root: Path) -> str:
         return str(path)
 
 
+def trained_max_length(folder: Path) -> Optional[int]:
+    """The length a run's model was trained and evaluated at (its metrics.json)."""
+    try:
+        value = json.loads((folder / "metrics.json").read_text()).get("max_length")
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, int) else None
+
+
 def pytorch_artifact(key: str, folder: Path, root: Path) -> Artifact:
     acc = _test_metrics(folder / "metrics.json")
     return Artifact(key, LABELS.get(key, key), "pytorch", folder, folder_size(folder), acc,
                     "metrics.json" if acc else None, folder if has_tokenizer(folder) else None,
-                    vocab_size(folder), _rel(folder, root))
+                    vocab_size(folder), _rel(folder, root), max_length=trained_max_length(folder))
 
 
 def onnx_artifact(key: str, file: Path, root: Path, *, tokenizer: Optional[Path] = None,
-                  accuracy: Optional[dict] = None, accuracy_source: Optional[str] = None) -> Artifact:
+                  accuracy: Optional[dict] = None, accuracy_source: Optional[str] = None,
+                  max_length: Optional[int] = None) -> Artifact:
     tok = file.parent if has_tokenizer(file.parent) else tokenizer
-    return Artifact(key, LABELS.get(key, key), "onnxruntime", file, file_size(file), accuracy, accuracy_source,
-                    tok, vocab_size(file.parent, tokenizer, onnx_file=file), _rel(file, root))
+    e2e = key.startswith("e2e-") or _takes_text(file)
+    graph = file.with_suffix(".onnx") if file.suffix == ".ort" else file
+    return Artifact(key, LABELS.get(key, key), "onnxruntime-e2e" if e2e else "onnxruntime", file, file_size(file),
+                    accuracy, accuracy_source, tok, vocab_size(file.parent, tokenizer, onnx_file=file), _rel(file, root),
+                    max_length=max_length or _tokenizer_max_length(tok),
+                    onnx_graph=graph if graph.is_file() else None)
+
+
+def _takes_text(file: Path) -> bool:
+    """An .onnx whose first input is a string tensor (an end-to-end graph); .ort files are named e2e."""
+    if file.suffix != ".onnx":
+        return ".e2e." in file.name
+    import onnx
+
+    graph = onnx.load(str(file), load_external_data=False).graph
+    return bool(graph.input) and graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.STRING
+
+
+def _tokenizer_max_length(folder: Optional[Path]) -> Optional[int]:
+    try:
+        value = json.loads((folder / "tokenizer_config.json").read_text()).get("model_max_length") if folder else None
+    except (OSError, ValueError):
+        return None
+    return int(value) if isinstance(value, (int, float)) and 0 < value <= 1_000_000 else None
 
 
 def discover_run(run: Path) -> tuple[list[Artifact], list[str]]:
@@ -136,7 +175,13 @@ def discover_run(run: Path) -> tuple[list[Artifact], list[str]]:
                                f"exist. Rerun `distill export onnx {run}` to rebuild the onnx/ folder.")
         acc = ((entry.get("accuracy") or {}).get("test")) or None
         rows.append(onnx_artifact(key, file, run, tokenizer=student if has_tokenizer(student) else None,
-                                  accuracy=acc, accuracy_source="export.json" if acc else None))
+                                  accuracy=acc, accuracy_source="export.json" if acc else None,
+                                  max_length=export.get("max_length") or trained_max_length(student)))
+        wrapped = (entries.get(key[len("e2e-"):].removesuffix("-ort")) or {}).get("file") if key.startswith("e2e-") else None
+        if wrapped and (run / "onnx" / wrapped).is_file():
+            # MACs of an end-to-end graph: those of the token-id classifier it wraps (its tokenizer does no
+            # multiply-accumulates, and shape inference cannot see through its Loop)
+            rows[-1].onnx_graph = run / "onnx" / wrapped
     if not any(r.runtime == "onnxruntime" for r in rows):
         raise DistillError(f"{export_json} lists no usable artifact (statuses: "
                            f"{ {k: (v or {}).get('status') for k, v in entries.items()} }). Rerun the export.")

@@ -31,7 +31,7 @@ def latency_plot(results: dict[str, Any], out: Path) -> Path | None:
     if not rows:
         return None
     plt = _plt()
-    shapes = sorted({(r["batch"], r["seq"]) for r in rows})
+    shapes = sorted({(r["batch"], r["seq"]) for r in rows}, key=lambda bs: (bs[1] is None, bs[0], bs[1] or 0))
     targets = [t["name"] for t in results["config"]["targets"]]
     arts = [a["key"] for a in results["artifacts"]]
     labels = {a["key"]: a["label"] for a in results["artifacts"]}
@@ -59,7 +59,7 @@ def latency_plot(results: dict[str, Any], out: Path) -> Path | None:
         _plain_log_ticks(ax)
         ax.set_xlim(right=top * 2.2 if top else None)
         ax.set_xlabel("latency per batch, ms (log scale; bar = p50, whisker = p90)")
-        ax.set_title(f"batch {b}, sequence {s}")
+        ax.set_title(f"batch {b}, sequence {s}" if s is not None else "real test texts, one at a time, own length")
         ax.grid(axis="x", which="both", alpha=0.3)
         ax.legend(title="target", loc="best", fontsize=8)
     fig.tight_layout()
@@ -87,18 +87,22 @@ def pareto_front(points: list[tuple[float, float, str]]) -> list[tuple[float, fl
 
 
 def accuracy_latency_plot(results: dict[str, Any], out: Path) -> Path | None:
-    """Test accuracy vs p50 latency at the first batch and sequence length: one panel per target, one
-    colour per artifact (legend, no overlapping labels), the Pareto front circled and joined."""
+    """Test accuracy vs p50 latency on the real test texts (what an app sees; else the first fixed shape): one
+    panel per target, one colour per artifact (legend with macro-F1, no overlapping labels), the Pareto front
+    over every row (TF-IDF floor and the teacher's optimum int8 included) circled and joined."""
     acc = {a["key"]: (a["accuracy"] or {}).get("accuracy") for a in results["artifacts"]}
+    f1 = {a["key"]: (a["accuracy"] or {}).get("macro_f1") for a in results["artifacts"]}
     arts = [a for a in results["artifacts"] if acc[a["key"]] is not None]
+    texts = [r for r in _ok(results["rows"]) if r["seq"] is None and acc.get(r["artifact"]) is not None]
     b, s = results["config"]["batch"][0], results["config"]["seq"][0]
-    rows = [r for r in _ok(results["rows"]) if r["batch"] == b and r["seq"] == s and acc.get(r["artifact"]) is not None]
+    rows = texts or [r for r in _ok(results["rows"]) if r["batch"] == b and r["seq"] == s
+                     and acc.get(r["artifact"]) is not None]
     if not rows:
         return None
     plt = _plt()
     targets = [t["name"] for t in results["config"]["targets"] if any(r["target"] == t["name"] for r in rows)]
     colour = {a["key"]: _COLOURS[i % len(_COLOURS)] for i, a in enumerate(arts)}
-    marker = {a["key"]: "s" if a["runtime"] == "pytorch" else "o" for a in arts}
+    marker = {a["key"]: {"pytorch": "s", "tfidf": "^"}.get(a["runtime"], "o") for a in arts}
     fig, axes = plt.subplots(1, len(targets), figsize=(5.2 * len(targets) + 2.8, 4.8), squeeze=False, sharey=True)
     ys = [100 * acc[r["artifact"]] for r in rows]
     pad = max(1.0, (max(ys) - min(ys)) * 0.25)
@@ -109,8 +113,9 @@ def accuracy_latency_plot(results: dict[str, Any], out: Path) -> Path | None:
         ax.scatter([p[0] for p in front], [p[1] for p in front], facecolors="none", edgecolors="black", s=220,
                    zorder=2, label="Pareto front")
         for x, y, k in pts:
+            name = next(a["label"] for a in arts if a["key"] == k)
             ax.scatter([x], [y], color=colour[k], marker=marker[k], s=70, zorder=3,
-                       label=next(a["label"] for a in arts if a["key"] == k))
+                       label=f"{name} (macro-F1 {f1[k]:.3f})" if f1.get(k) is not None else name)
         ax.set_xscale("log")
         _plain_log_ticks(ax)
         lo, hi = min(p[0] for p in pts), max(p[0] for p in pts)
@@ -127,7 +132,8 @@ def accuracy_latency_plot(results: dict[str, Any], out: Path) -> Path | None:
                 handles.append(h)
                 labels.append(lab)
     fig.legend(handles, labels, loc="center right", fontsize=8, frameon=True)
-    fig.suptitle(f"Accuracy vs latency, batch {b} x sequence {s} (up and left is better)")
+    fig.suptitle("Accuracy vs latency, " + ("real test texts one at a time" if texts else f"batch {b} x sequence {s}")
+                 + " (up and left is better)")
     fig.tight_layout(rect=(0, 0, 1 - 2.4 / (5.2 * len(targets) + 2.8), 1))
     fig.savefig(out, dpi=110)
     plt.close(fig)

@@ -11,7 +11,7 @@ from typing import Any
 SCHEMA = 1
 
 
-def _fmt_acc(a: dict | None) -> str:
+def _fmt_acc(a: dict | None) -> str:  # noqa: D103
     return f"{100 * a['accuracy']:.1f}%" if a and a.get("accuracy") is not None else "–"
 
 
@@ -24,40 +24,76 @@ def _ms(x: float) -> str:
     return f"{x:.3g}" if x < 100 else f"{x:.0f}"
 
 
+REFERENCES = ("teacher-optimum-int8", "teacher-pytorch", "student-pytorch")  # speed-ups are against the first present
+
+
+def reference_key(results: dict) -> str | None:
+    """What speed-ups compare with: the teacher as a user would ship it (optimum int8) when measured."""
+    keys = {a["key"] for a in results["artifacts"]}
+    return next((k for k in REFERENCES if k in keys), None)
+
+
+def shape(r: dict) -> str:
+    if r.get("inputs") == "texts":
+        tok = r.get("tokens") or {}
+        return f"1 x text ({r.get('texts', '?')} texts, p50 {tok['p50']:.0f} tok)" if tok else f"1 x text ({r.get('texts', '?')} texts)"
+    return f"{r['batch']} x {r['seq']}"
+
+
+def _same_shape(a: dict, b: dict) -> bool:
+    return a["target"] == b["target"] and a.get("inputs", "synthetic") == b.get("inputs", "synthetic") and \
+        a["batch"] == b["batch"] and a["seq"] == b["seq"]
+
+
 def _speedups(results: dict) -> dict[tuple, float]:
-    """p50 of the slowest PyTorch reference (the teacher when present) / p50 of each row, same target and shape."""
-    ref_key = next((k for k in ("teacher-pytorch", "student-pytorch") if any(a["key"] == k for a in results["artifacts"])), None)
+    """p50 of the reference row (reference_key) / p50 of each row, same target and shape."""
+    ref_key = reference_key(results)
     out = {}
     for r in results["rows"]:
         if r["status"] != "ok" or ref_key is None:
             continue
-        ref = next((x for x in results["rows"] if x["artifact"] == ref_key and x["target"] == r["target"]
-                    and x["batch"] == r["batch"] and x["seq"] == r["seq"] and x["status"] == "ok"), None)
+        ref = next((x for x in results["rows"] if x["artifact"] == ref_key and _same_shape(x, r) and x["status"] == "ok"), None)
         if ref:
-            out[(r["artifact"], r["target"], r["batch"], r["seq"])] = ref["latency_ms"]["p50"] / r["latency_ms"]["p50"]
+            out[id(r)] = ref["latency_ms"]["p50"] / r["latency_ms"]["p50"]
     return out
+
+
+def _fmt_f1(a: dict | None) -> str:
+    return f"{a['macro_f1']:.3f}" if a and a.get("macro_f1") is not None else "–"
 
 
 def table_rows(results: dict) -> tuple[list[str], list[list[str]]]:
     """Header and rows shared by report.md and report.html."""
     labels = {a["key"]: a for a in results["artifacts"]}
     speed = _speedups(results)
-    ref = "teacher" if "teacher-pytorch" in labels else "student PyTorch"
-    head = ["artifact", "target", "batch x seq", "p50 ms", "p90 ms", "p99 ms", "mean ± std ms", "items/s",
-            f"x vs {ref}", "accuracy", "size", "peak RSS", "load s", "note"]
+    ref = {"teacher-optimum-int8": "teacher int8", "teacher-pytorch": "teacher PyTorch",
+           "student-pytorch": "student PyTorch"}.get(reference_key(results) or "", "–")
+    head = ["artifact", "target", "batch x input", "p50 ms", "p90 ms", "mean ± std ms", "items/s", f"x vs {ref}",
+            "accuracy", "macro-F1", "size", "load s", "1st run ms", "memory +MB", "MMACs", "% of peak", "note"]
     rows = []
     for r in results["rows"]:
         a = labels[r["artifact"]]
         if r["status"] != "ok":
-            rows.append([a["label"], r["target"], f"{r['batch']} x {r['seq']}"] + ["–"] * 10 + [f"failed: {r.get('error', '')[:80]}"])
+            rows.append([a["label"], r["target"], shape(r)] + ["–"] * 13 + [f"failed: {r.get('error', '')[:80]}"])
             continue
         lat = r["latency_ms"]
-        s = speed.get((r["artifact"], r["target"], r["batch"], r["seq"]))
-        rows.append([a["label"], r["target"], f"{r['batch']} x {r['seq']}", _ms(lat["p50"]), _ms(lat["p90"]),
-                     _ms(lat["p99"]), f"{_ms(lat['mean'])} ± {_ms(lat['std'])}", f"{r['throughput_per_s']:.1f}",
-                     f"{s:.1f}x" if s else "–", _fmt_acc(a["accuracy"]), _fmt_size(a["size_bytes"]),
-                     f"{r['peak_rss_mb']:.0f} MB", f"{r['load_s']:.2f}", "noisy" if r.get("noisy") else ""])
+        s = speed.get(id(r))
+        hw = r.get("hardware") or {}
+        macs = (r.get("macs") or {}).get("total")
+        rows.append([a["label"], r["target"], shape(r), _ms(lat["p50"]), _ms(lat["p90"]),
+                     f"{_ms(lat['mean'])} ± {_ms(lat['std'])}", f"{r['throughput_per_s']:.1f}",
+                     f"{s:.1f}x" if s else "–", _fmt_acc(a["accuracy"]), _fmt_f1(a["accuracy"]), _fmt_size(a["size_bytes"]),
+                     f"{r['load_s']:.2f}", _ms(r["first_run_ms"]) if "first_run_ms" in r else "–",
+                     f"{r['memory_growth_mb']:.0f}" if "memory_growth_mb" in r else "–",
+                     f"{macs / 1e6:.0f}" if macs else "–",
+                     f"{100 * hw['fraction']:.0f}%" if hw.get("fraction") is not None else "–",
+                     "noisy" if r.get("noisy") else ""])
     return head, rows
+
+
+def peak_lines(results: dict) -> list[str]:
+    return [f"`{t}`: int8 {p['int8_gops']:.0f} GOP/s, fp32 {p['fp32_gflops']:.0f} GFLOP/s at {p['threads']} thread(s) "
+            f"({p.get('method', 'ONNX Runtime MatMulInteger / MatMul')})" for t, p in (results.get("peaks") or {}).items()]
 
 
 def host_lines(results: dict) -> list[str]:
@@ -105,6 +141,20 @@ def arm64_sections(results: dict) -> list[dict[str, Any]]:
     return out
 
 
+def about(results: dict) -> str:
+    cfg = results["config"]
+    text = (f"Each row ran in its own fresh process, pinned to the target's cores. Fixed rows (batch x tokens): "
+            f"{cfg['warmup']} warm-up and {cfg['iterations']} timed iterations on {cfg['inputs']}.")
+    if cfg.get("texts"):
+        text += f" Text rows (1 x text): {cfg['texts_inputs']}; p50 / p90 over the texts."
+    if cfg.get("deployed_length"):
+        text += (f" Deployed length: {cfg['deployed_length']} tokens (the export's max_length, written into its "
+                 "tokenizer files); every accuracy is computed at each artifact's deployed length.")
+    text += (" Load s: session creation; 1st run: the first inference after it; memory +MB: the process's resident "
+             "memory growth from before loading to after the first inference.")
+    return text
+
+
 def write_json(results: dict, out: Path) -> Path:
     out.write_text(json.dumps(results, indent=2, default=str) + "\n")
     return out
@@ -123,10 +173,13 @@ def write_markdown(results: dict, out: Path, plots: list[Path]) -> Path:
              f"{results['created']} · edge-distill {results['version']} · results.json schema {results['schema']}", "",
              "## Machine", ""] + [f"- {x}" for x in host_lines(results)] + ["", "## Targets", ""]
     parts += [f"- {x}" for x in target_lines(results)] + [""]
-    parts += [f"> {results['emulation_note']}", "", "## Latency and accuracy", "",
-              f"Each row ran in its own fresh process, pinned to the target's cores, after {cfg['warmup']} warm-up "
-              f"and {cfg['iterations']} timed iterations on {cfg['inputs']}. Accuracy is on the run's test split "
-              "(source per artifact below).", "", _md_table(head, rows), ""]
+    parts += [f"> {results['emulation_note']}", "", "## Latency and accuracy", "", about(results), "",
+              _md_table(head, rows), ""]
+    if results.get("peaks"):
+        parts += ["Matrix-multiply peak of this host per target (the `% of peak` column: the time the row's MACs "
+                  "would take at these rates, over its p50; memory traffic, layer norms, softmax, GELU, quantize / "
+                  "dequantize and per-call overhead are what a low figure points at):", ""]
+        parts += [f"- {x}" for x in peak_lines(results)] + [""]
     for sec in arm64_sections(results):
         parts += [f"## ARM (aarch64, emulated): {sec['title']}", "", f"**{sec['verdict']}**", ""]
         if sec["rows"]:
@@ -176,9 +229,9 @@ def write_html(results: dict, out: Path, plots: list[Path]) -> Path:
 <h2>Targets</h2>{li(target_lines(results))}
 <p class="note">{e(results['emulation_note'])}</p>
 <h2>Latency and accuracy</h2>
-<p>Each row ran in its own fresh process, pinned to the target's cores, after {results['config']['warmup']} warm-up and
-{results['config']['iterations']} timed iterations on {e(results['config']['inputs'])}.</p>
+<p>{e(about(results))}</p>
 {_html_table(head, rows)}
+{('<p>Matrix-multiply peak of this host per target (the % of peak column):</p>' + li(peak_lines(results))) if results.get('peaks') else ''}
 {''.join(f"<h2>ARM (aarch64, emulated): {e(sec['title'])}</h2><p><b>{e(sec['verdict'])}</b></p>"
          + (_html_table(sec['head'], sec['rows']) + f"<p>{e(sec['about'])}</p>" if sec['rows'] else '')
          for sec in arm64_sections(results))}
@@ -196,7 +249,8 @@ def summary(results: dict[str, Any]) -> list[dict[str, Any]]:
     """Compact rows for a CLI table: artifact, target, p50, p90, accuracy, size."""
     arts = {a["key"]: a for a in results["artifacts"]}
     return [{"artifact": arts[r["artifact"]]["label"], "target": r["target"], "batch": r["batch"], "seq": r["seq"],
-             "p50": r.get("latency_ms", {}).get("p50"), "p90": r.get("latency_ms", {}).get("p90"),
+             "shape": shape(r), "p50": r.get("latency_ms", {}).get("p50"), "p90": r.get("latency_ms", {}).get("p90"),
              "accuracy": (arts[r["artifact"]]["accuracy"] or {}).get("accuracy"),
+             "macro_f1": (arts[r["artifact"]]["accuracy"] or {}).get("macro_f1"),
              "size_bytes": arts[r["artifact"]]["size_bytes"], "status": r["status"], "noisy": r.get("noisy", False)}
             for r in results["rows"]]

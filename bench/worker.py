@@ -39,6 +39,10 @@ def _load_onnxruntime(spec: dict) -> tuple[Callable[[dict], Any], dict]:
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
+    if spec["runtime"] == "onnxruntime-e2e":  # the tokenizer inside the graph: ONNX Runtime Extensions' ops
+        from onnxruntime_extensions import get_library_path
+
+        opts.register_custom_ops_library(get_library_path())
     opts.intra_op_num_threads = spec["threads"]
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -57,9 +61,16 @@ def _load_onnxruntime(spec: dict) -> tuple[Callable[[dict], Any], dict]:
     sess = ort.InferenceSession(spec["path"], opts, providers=["CPUExecutionProvider"])
     inputs = sess.get_inputs()
     dtypes = {i.name: (np.int32 if "int32" in i.type else np.int64) for i in inputs}
+    if spec["runtime"] == "onnxruntime-e2e":
+        text_input = inputs[0].name
+        outputs = [o.name for o in sess.get_outputs()]
+        scores = "probabilities" if "probabilities" in outputs else outputs[-1]
 
-    def run(feeds: dict) -> Any:
-        return sess.run(None, {n: feeds[n].astype(dtypes[n], copy=False) for n in dtypes})[0]
+        def run(feeds: dict) -> Any:  # feeds: {"text": array of str}
+            return sess.run([scores], {text_input: np.asarray(feeds["text"], dtype=object)})[0]
+    else:
+        def run(feeds: dict) -> Any:
+            return sess.run(None, {n: feeds[n].astype(dtypes[n], copy=False) for n in dtypes})[0]
 
     applied = {"intra_op_num_threads": sess.get_session_options().intra_op_num_threads,
                "graph_optimization_level": level, "session_config": config,
@@ -84,18 +95,77 @@ def _load_pytorch(spec: dict) -> tuple[Callable[[dict], Any], dict]:
     return run, {"torch_num_threads": torch.get_num_threads(), "torch_num_interop_threads": torch.get_num_interop_threads()}
 
 
+def _load_tfidf(spec: dict) -> tuple[Callable[[dict], Any], dict]:
+    """The TF-IDF + logistic-regression floor, fitted here on the run's training rows as the evaluate stage
+    fits it (its fit time is reported as its load time)."""
+    from distill.evaluate import tfidf_pipeline
+
+    rows = _read_rows(Path(spec["train"]))
+    clf = tfidf_pipeline(spec.get("seed", 0)).fit([r["text"] for r in rows], [r["label"] for r in rows])
+
+    def run(feeds: dict) -> Any:
+        return clf.predict_proba(list(feeds["text"]))
+
+    return run, {"fitted_on": len(rows)}
+
+
 def load(spec: dict) -> tuple[Callable[[dict], Any], dict]:
-    return (_load_pytorch if spec["runtime"] == "pytorch" else _load_onnxruntime)(spec)
+    return {"pytorch": _load_pytorch, "tfidf": _load_tfidf}.get(spec["runtime"], _load_onnxruntime)(spec)
 
 
-def latency(spec: dict) -> dict:
-    import numpy as np
+def _read_rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
-    rss_start = _rss_bytes()
+
+def takes_text(spec: dict) -> bool:
+    """Rows whose input is the text itself (tokenizer inside), not token ids."""
+    return spec["runtime"] in ("onnxruntime-e2e", "tfidf")
+
+
+def _current_rss_mb() -> float:
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def _timed_load(spec: dict, first_feeds: Callable[[], dict]) -> tuple[Callable[[dict], Any], dict, dict]:
+    """Load, then run once: session creation time, first inference time, and the memory each adds."""
+    rss0 = _current_rss_mb()
     t0 = time.perf_counter()
     run, applied = load(spec)
     load_s = time.perf_counter() - t0
-    feeds = synthetic_inputs(spec["batch"], spec["seq"], spec["vocab_size"], spec.get("seed", 0))
+    rss1 = _current_rss_mb()
+    feeds = first_feeds()
+    t1 = time.perf_counter()
+    run(feeds)
+    first_ms = (time.perf_counter() - t1) * 1e3
+    rss2 = _current_rss_mb()
+    cold = {"load_s": load_s, "first_run_ms": first_ms, "rss_before_load_mb": rss0,
+            "load_growth_mb": rss1 - rss0, "first_run_growth_mb": rss2 - rss1, "memory_growth_mb": rss2 - rss0}
+    return run, applied, cold
+
+
+def _stats(times: list[float]) -> dict:
+    import numpy as np
+
+    ms = np.asarray(times)
+    p50, p90, p99 = (float(np.percentile(ms, q)) for q in (50, 90, 99))
+    return {"p50": p50, "p90": p90, "p99": p99, "mean": float(ms.mean()),
+            "std": float(ms.std(ddof=1)) if len(ms) > 1 else 0.0, "min": float(ms.min()), "max": float(ms.max())}
+
+
+def synthetic_text(batch: int, seq: int) -> dict[str, Any]:
+    """For rows that take text: `seq - 2` words that are one token each, so the graph sees `seq` tokens."""
+    return {"text": [" ".join(["movie"] * max(0, seq - 2))] * batch}
+
+
+def latency(spec: dict) -> dict:
+    """Fixed shape: the same synthetic batch every iteration."""
+    if takes_text(spec):
+        feeds = synthetic_text(spec["batch"], spec["seq"])
+    else:
+        feeds = synthetic_inputs(spec["batch"], spec["seq"], spec["vocab_size"], spec.get("seed", 0))
+    run, applied, cold = _timed_load(spec, lambda: feeds)
     for _ in range(spec["warmup"]):
         run(feeds)
     times = []
@@ -103,58 +173,119 @@ def latency(spec: dict) -> dict:
         t = time.perf_counter()
         run(feeds)
         times.append((time.perf_counter() - t) * 1e3)
-    ms = np.asarray(times)
-    p50, p90, p99 = (float(np.percentile(ms, q)) for q in (50, 90, 99))
-    mean, std = float(ms.mean()), float(ms.std(ddof=1)) if len(ms) > 1 else 0.0
+    return _latency_result(spec, times, applied, cold)
+
+
+def _latency_result(spec: dict, times: list[float], applied: dict, cold: dict) -> dict:
+    lat = _stats(times)
+    p50, p90, p99, mean = lat["p50"], lat["p90"], lat["p99"], lat["mean"]
     spread = (p90 - p50) / p50 if p50 > 0 else 0.0
     return {
-        "latency_ms": {"p50": p50, "p90": p90, "p99": p99, "mean": mean, "std": std,
-                       "min": float(ms.min()), "max": float(ms.max())},
+        "latency_ms": lat,
         "samples_ms": [round(x, 4) for x in times],
-        "throughput_per_s": spec["batch"] * 1e3 / mean if mean > 0 else None,
+        "throughput_per_s": spec.get("batch", 1) * 1e3 / mean if mean > 0 else None,
         "spread": spread,
         "noisy": bool(spread > NOISY_SPREAD or (p50 > 0 and p99 / p50 > NOISY_TAIL)),
-        "load_s": load_s,
+        **cold,
         "peak_rss_mb": _rss_bytes() / 2**20,
-        "rss_before_load_mb": rss_start / 2**20,
         "applied": applied,
     }
 
 
-def accuracy(spec: dict) -> dict:
-    """Accuracy and macro-F1 on a {"text", "label"} JSONL file (the run's test split)."""
+def text_feeds(spec: dict) -> tuple[list[dict], list[int]]:
+    """One unpadded batch of 1 per text, as an app runs them: token ids cut at the artifact's deployed
+    length (the tokenizer is not timed: an app runs its own), or the text itself for rows that take text."""
     import numpy as np
+
+    texts = [r["text"] for r in _read_rows(Path(spec["data"]))]
+    step = max(1, len(texts) // spec["max_texts"]) if spec.get("max_texts") else 1
+    texts = texts[::step][: spec.get("max_texts") or None]
+    if takes_text(spec):
+        lengths = []
+        if spec.get("tokenizer"):
+            from transformers import AutoTokenizer
+
+            tok = AutoTokenizer.from_pretrained(spec["tokenizer"])
+            lengths = [len(ids) for ids in tok(texts, truncation=True, max_length=spec["max_length"])["input_ids"]]
+        return [{"text": [t]} for t in texts], lengths
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(spec["tokenizer"])
-    rows = [json.loads(line) for line in Path(spec["data"]).read_text(encoding="utf-8").splitlines() if line.strip()]
+    feeds, lengths = [], []
+    for ids in tok(texts, truncation=True, max_length=spec["max_length"])["input_ids"]:
+        n = len(ids)
+        feeds.append({"input_ids": np.asarray([ids], dtype=np.int64), "attention_mask": np.ones((1, n), np.int64),
+                      "token_type_ids": np.zeros((1, n), np.int64)})
+        lengths.append(n)
+    return feeds, lengths
+
+
+def latency_texts(spec: dict) -> dict:
+    """Real texts at their own lengths, batch 1, no padding: p50 / p90 over the texts."""
+    import numpy as np
+
+    feeds, lengths = text_feeds(spec)
+    run, applied, cold = _timed_load(spec, lambda: feeds[0])
+    for f in feeds[: spec["warmup"]]:
+        run(f)
+    times = []
+    for f in feeds:
+        t = time.perf_counter()
+        run(f)
+        times.append((time.perf_counter() - t) * 1e3)
+    result = _latency_result({"batch": 1}, times, applied, cold)
+    result["texts"] = len(feeds)
+    if lengths:
+        result["tokens"] = {"p50": float(np.percentile(lengths, 50)), "p90": float(np.percentile(lengths, 90)),
+                            "mean": float(np.mean(lengths)), "max": int(max(lengths))}
+    return result
+
+
+def accuracy(spec: dict) -> dict:
+    """Accuracy and macro-F1 on a {"text", "label"} JSONL file (the run's test split), tokenized as the
+    artifact is deployed (its max_length), with the one metrics definition the export uses too."""
+    import numpy as np
+
+    from export.accuracy import from_predictions
+
+    rows = _read_rows(Path(spec["data"]))
     run, applied = load(spec)
-    preds = []
+    tok = None
+    if not takes_text(spec):
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(spec["tokenizer"])
+    scores = []
     for i in range(0, len(rows), 32):
-        enc = tok([r["text"] for r in rows[i:i + 32]], padding=True, truncation=True,
-                  max_length=spec.get("max_length", 128), return_tensors="np")
+        texts = [r["text"] for r in rows[i:i + 32]]
+        if tok is None:
+            scores.append(np.asarray(run({"text": texts})))
+            continue
+        enc = tok(texts, padding=True, truncation=True, max_length=spec["max_length"], return_tensors="np")
         feeds = {k: np.asarray(enc[k], dtype=np.int64) for k in ("input_ids", "attention_mask")}
         feeds["token_type_ids"] = np.asarray(enc["token_type_ids"], dtype=np.int64) if "token_type_ids" in enc \
             else np.zeros_like(feeds["input_ids"])
-        preds.extend(np.asarray(run(feeds)).argmax(-1).tolist())
+        scores.append(np.asarray(run(feeds)))
+    scores_ = np.concatenate(scores)
     gold = [int(r["label"]) for r in rows]
-    labels = sorted(set(gold) | set(preds))
-    f1s = []
-    for c in labels:
-        tp = sum(p == c and g == c for p, g in zip(preds, gold))
-        fp = sum(p == c and g != c for p, g in zip(preds, gold))
-        fn = sum(p != c and g == c for p, g in zip(preds, gold))
-        f1s.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
-    n = len(gold)
-    return {"accuracy": sum(p == g for p, g in zip(preds, gold)) / n if n else None,
-            "macro_f1": sum(f1s) / len(f1s) if f1s else None, "n": n, "applied": applied}
+    m = from_predictions(gold, scores_.argmax(-1), max(scores_.shape[-1], max(gold) + 1))
+    return {**m, "max_length": spec.get("max_length"), "applied": applied}
+
+
+def peak(spec: dict) -> dict:
+    from bench.peak import measure_peak
+
+    return measure_peak(spec["threads"], seconds=spec.get("seconds", 1.0))
+
+
+TASKS = {"latency": latency, "latency-texts": latency_texts, "accuracy": accuracy, "peak": peak}
 
 
 def main(argv: list[str]) -> int:
     spec = json.loads(Path(argv[0]).read_text())
     result = {"pid": os.getpid(), "affinity": sorted(os.sched_getaffinity(0)),
               "env_threads": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY")}}
-    result.update(latency(spec) if spec["task"] == "latency" else accuracy(spec))
+    result.update(TASKS[spec["task"]](spec))
     try:
         import psutil
 

@@ -152,7 +152,7 @@ def _print_summary(run_dir: Path) -> None:
         out.print(f"{run_dir}: no results yet (run `distill run` first).")
         return
     table = Table(title=f"{run_dir}: test split ({s['test_n']} examples, split seed {s['split_seed']}); "
-                        "p50 = batch 1, seq 128, target cpu (distill bench)")
+                        f"p50 = {s['latency']} (distill bench)")
     for col in ("model", "acc", "F1", "params", "MB", "p50 ms"):
         table.add_column(col, justify="left" if col == "model" else "right", no_wrap=True)
 
@@ -189,6 +189,16 @@ class Quantize(str, Enum):
     dynamic = "dynamic"
     static = "static"
     none = "none"
+
+
+class Vocab(str, Enum):
+    full = "full"
+    domain = "domain"
+
+
+class Embeddings(str, Enum):
+    int8 = "int8"
+    int4 = "int4"
 
 
 class Isa(str, Enum):
@@ -243,6 +253,7 @@ def _export_options(rec: Any, given: dict[str, Any]) -> dict[str, Any]:
     section = (rec.export if rec is not None else Export()).model_dump()
     opts = {k: section[k] if v is None else v for k, v in given.items()}
     opts["fp32_atol"], opts["int8_min_agreement"] = section["fp32_atol"], section["int8_min_agreement"]
+    opts["embeddings_block_size"] = section["embeddings_block_size"]
     return opts
 
 
@@ -270,6 +281,10 @@ def export_onnx(
     calibration_samples: Annotated[Optional[int], typer.Option(help="Training texts that calibrate static int8 (default 256).")] = None,
     per_channel: Annotated[Optional[bool], typer.Option("--per-channel/--no-per-channel", help="Per-channel int8 weight scales (default on; on the default run it raised int8 label agreement from 94.0% to 98.1%).")] = None,
     ort: Annotated[Optional[bool], typer.Option("--ort/--no-ort", help="Also write the .ort file and the mobile usability report (default on).")] = None,
+    vocab: Annotated[Optional[Vocab], typer.Option(help="domain: prune the embedding table to the tokens the run's texts use (plus special tokens and single characters). Default: the recipe's export.vocab, else full.")] = None,
+    vocab_top_n: Annotated[Optional[int], typer.Option(help="With --vocab domain: keep only the N most frequent of those tokens.")] = None,
+    embeddings: Annotated[Optional[Embeddings], typer.Option(help="int4: the word-embedding table in 4 bits (block-quantized, with dynamic int8). Default: the recipe's export.embeddings, else int8.")] = None,
+    e2e: Annotated[Optional[bool], typer.Option("--e2e/--no-e2e", help="Also write model.e2e.int8.onnx and its .ort: strings in, tokenizer inside the graph (ONNX Runtime Extensions), label and probabilities out (default on).")] = None,
     output: Annotated[Optional[Path], typer.Option(help="Output folder (default: RUN/onnx).")] = None,
     allow_mismatch: Annotated[bool, typer.Option(help="Keep going when the parity gate fails.")] = False,
     force: Annotated[bool, typer.Option(help="Replace an existing --output folder.")] = False,
@@ -286,7 +301,9 @@ def export_onnx(
     if rec is not None and rec.task == "causal-lm":
         return _export_causal_lm(path, which.value, allow_mismatch)
     given = {"quantize": quantize and quantize.value, "isa": isa and isa.value, "optimize": optimize, "opset": opset,
-             "calibration_samples": calibration_samples, "per_channel": per_channel, "ort": ort}
+             "calibration_samples": calibration_samples, "per_channel": per_channel, "ort": ort,
+             "vocab": vocab and vocab.value, "vocab_top_n": vocab_top_n, "e2e": e2e,
+             "embeddings": embeddings and embeddings.value}
     opts = _export_options(rec, given)
     res = run_export(path, which=which.value, **opts, allow_mismatch=allow_mismatch, output=output, force=force,
                      arm64={"qemu_cpu": arm64_cpu, "graph_optimization_level": arm64_opt_level.value} if check_arm64 else None)
@@ -302,6 +319,12 @@ def export_onnx(
         table.add_row(a["file"], f"{a['size_bytes'] / 1e6:.2f} MB", ("[green]✓[/] " if p["passed"] else "[red]✗[/] ") + check,
                       f"{acc['accuracy']:.1%} (F1 {acc['macro_f1']:.3f})" if acc else "-")
     out.print(table)
+    v = res.manifest.get("vocab") or {}
+    out.print(f"deployed length {res.manifest.get('max_length')} tokens (tokenizer files and every accuracy above); "
+              + (f"vocabulary pruned to {v['kept']:,} of {v['original']:,} rows" if v.get("mode") == "domain"
+                 else "full vocabulary")
+              + ("; word embeddings in 4 bits" if (res.manifest.get("embeddings") or {}).get("bits") == 4 else ""),
+              highlight=False)
     if res.arm64:
         _print_arm64(res.arm64)
 
@@ -312,7 +335,8 @@ def bench(
     path: Annotated[Path, typer.Argument(help="A run directory (models/NAME) or an .onnx / .ort file.")],
     target: Annotated[list[str], typer.Option(help="Target (repeatable): cpu, mobile-2t, mobile-1t, arm64-emulated, arm64-emulated-little (aarch64 ONNX Runtime under qemu: agreement with this host and accuracy, no latency), or one from the recipe's bench.custom_targets. Default: the recipe's, else cpu and mobile-1t.")] = [],  # noqa: B006
     batch: Annotated[list[int], typer.Option(help="Batch size (repeatable). Default: the recipe's, else 1.")] = [],  # noqa: B006
-    seq: Annotated[list[int], typer.Option(help="Sequence length in tokens (repeatable). Default: the recipe's, else 128.")] = [],  # noqa: B006
+    seq: Annotated[list[int], typer.Option(help="Sequence length in tokens of the fixed-shape rows (repeatable). Default: the recipe's, else the deployed length (the export's max_length).")] = [],  # noqa: B006
+    texts: Annotated[Optional[int], typer.Option(help="Test texts timed one at a time at their own length, batch 1, no padding (as an app runs them); 0 = none. Default: the recipe's bench.texts, else 500.")] = None,
     iterations: Annotated[Optional[int], typer.Option(help="Timed iterations per measurement (default 50).")] = None,
     warmup: Annotated[Optional[int], typer.Option(help="Untimed iterations first (default 10).")] = None,
     report: Annotated[Optional[Path], typer.Option("--report", help="Report folder (default: RUN/bench, or FILE_DIR/bench-STEM).")] = None,
@@ -332,16 +356,16 @@ def bench(
         return
     res = run_bench(path, targets=target or None, batch=batch or None, seq=seq or None, iterations=iterations,
                     warmup=warmup, report_dir=report, compare_optimum=compare_optimum,
-                    arm64_opt_level=arm64_opt_level.value)
+                    arm64_opt_level=arm64_opt_level.value, texts=texts)
     table = Table(title=f"distill bench {path}")
-    for col in ("artifact", "target", "batch x seq", "p50 ms", "p90 ms", "accuracy", "size"):
+    for col in ("artifact", "target", "input", "p50 ms", "p90 ms", "accuracy", "macro-F1", "size"):
         table.add_column(col, no_wrap=col != "artifact", justify="left" if col in ("artifact", "target") else "right")
     for r in res.rows:
         fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
-        table.add_row(r["artifact"], r["target"], f"{r['batch']} x {r['seq']}",
+        table.add_row(r["artifact"], r["target"], r["shape"],
                       "[red]failed[/]" if r["status"] != "ok" else fmt(r["p50"]) + (" [yellow]noisy[/]" if r["noisy"] else ""),
                       fmt(r["p90"]), "-" if r["accuracy"] is None else f"{100 * r['accuracy']:.1f}%",
-                      f"{r['size_bytes'] / 1e6:.1f} MB")
+                      "-" if r["macro_f1"] is None else f"{r['macro_f1']:.3f}", f"{r['size_bytes'] / 1e6:.1f} MB")
     if res.rows:
         out.print(table)
     for check in res.results.get("arm64", []):

@@ -199,6 +199,11 @@ class Export(_Section):
     ort: bool = Field(True, description="Convert to .ort and run ONNX Runtime's mobile usability check.")
     fp32_atol: float = Field(1e-4, gt=0, description="Parity gate: max |logit difference| fp32 ONNX vs PyTorch.")
     int8_min_agreement: float = Field(0.99, gt=0, le=1, description="Parity gate: min label agreement int8 vs PyTorch.")
+    vocab: Literal["full", "domain"] = Field("full", description="domain: prune the embedding table to the tokens of the run's training, transfer and augmented texts (plus special tokens and every single character), with matching tokenizer files.")
+    vocab_top_n: Optional[int] = Field(None, gt=0, description="With vocab: domain, keep only the N most frequent of those tokens.")
+    embeddings: Literal["int8", "int4"] = Field("int8", description="Word-embedding table precision with dynamic int8: int4 block-quantizes it (ONNX Runtime's GatherBlockQuantized).")
+    embeddings_block_size: int = Field(32, ge=16, description="Block size of int4 embeddings (a power of two dividing the hidden size).")
+    e2e: bool = Field(True, description="Also write model.e2e.int8.onnx (and .ort): strings in, tokenizer inside the graph (ONNX Runtime Extensions), label and probabilities out.")
 
 
 class Target(_Section):
@@ -212,10 +217,11 @@ class Bench(_Section):
     targets: list[str] = Field(default_factory=lambda: ["cpu", "mobile-1t"], description="Built-in targets (cpu, mobile-2t, mobile-1t) or names from custom_targets.")
     custom_targets: list[Target] = Field(default_factory=list, description="User-defined targets.")
     batch: list[int] = Field(default_factory=lambda: [1], description="Batch sizes measured.")
-    seq: list[int] = Field(default_factory=lambda: [128], description="Sequence lengths measured.")
+    seq: Optional[list[int]] = Field(None, description="Sequence lengths of the fixed-shape rows; None = the deployed length (the export's max_length).")
+    texts: int = Field(500, ge=0, description="Test texts timed one at a time at their own length, batch 1, no padding (p50/p90 over the texts), as an app runs them; 0 = none.")
     iterations: int = Field(50, gt=0, description="Timed iterations per measurement.")
     warmup: int = Field(10, ge=0, description="Untimed iterations before timing.")
-    compare_optimum: bool = Field(True, description="Also measure the student exported and quantized optimum's default way.")
+    compare_optimum: bool = Field(True, description="Also measure the student and the teacher exported and int8-quantized optimum's default way, and the TF-IDF floor.")
 
 
 class Tune(_Section):

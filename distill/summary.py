@@ -15,11 +15,22 @@ def _read(path: Path) -> Optional[dict[str, Any]]:
         return None
 
 
+def latency_basis(results: Optional[dict[str, Any]]) -> str:
+    """What the summary's p50 column is: real test texts when the bench timed them, else the fixed shape."""
+    rows = (results or {}).get("rows") or []
+    if any(r.get("inputs") == "texts" for r in rows):
+        return "real test texts one at a time, target cpu"
+    seq = next((r.get("seq") for r in rows if r.get("batch", 1) == 1), 128)
+    return f"batch 1, seq {seq}, target cpu"
+
+
 def _bench_p50(results: Optional[dict[str, Any]], *names: str) -> Optional[float]:
-    """p50 ms at batch 1 on the `cpu` target for the first matching row name (None when not measured)."""
+    """p50 ms at batch 1 on the `cpu` target for the first matching row name (None when not measured):
+    the real-text row when there is one, else the first fixed-shape row."""
     if not results:
         return None
     rows = results.get("rows") or results.get("results") or []
+    rows = sorted(rows, key=lambda r: r.get("inputs") != "texts")
     for name in names:
         for row in rows:
             if row.get("artifact") == name and row.get("target") == "cpu" and row.get("batch", 1) == 1:
@@ -44,7 +55,7 @@ def run_summary(run_dir: Path) -> dict[str, Any]:
                           "size_mb": r["size_mb"],
                           "p50_ms": _bench_p50(bench, f"{name}-pytorch", f"pytorch-{name}", name)}
     for key, art in (ex.get("artifacts") or {}).items():
-        if not key.startswith("int8") or key.endswith("ort"):
+        if not (key.startswith("int8") or key.startswith("e2e-")) or key.endswith("ort"):
             continue
         acc = (art.get("accuracy") or {}).get("test") or {}
         rows[f"student {key}"] = {"accuracy": acc.get("accuracy"), "macro_f1": acc.get("macro_f1"),
@@ -53,13 +64,22 @@ def run_summary(run_dir: Path) -> dict[str, Any]:
                                   "p50_ms": _bench_p50(bench, key),
                                   "status": "failed" if art.get("status") == "failed"
                                   or (art.get("parity") or {}).get("passed") is False else art.get("status")}
+    for a in (bench or {}).get("artifacts") or []:
+        if a.get("key") == "teacher-optimum-int8" and a.get("accuracy"):
+            rows["teacher int8, optimum default"] = {"accuracy": a["accuracy"].get("accuracy"),
+                                                     "macro_f1": a["accuracy"].get("macro_f1"),
+                                                     "parameters": rows.get("teacher", {}).get("parameters"),
+                                                     "size_mb": round(a["size_bytes"] / 1e6, 2) if a.get("size_bytes") else None,
+                                                     "p50_ms": _bench_p50(bench, a["key"])}
     floor = (ev.get("rows") or {}).get("tfidf_logreg")
     if floor:
-        rows["TF-IDF + LR floor"] = {"accuracy": floor["accuracy"], "macro_f1": floor["macro_f1"]}
+        rows["TF-IDF + LR floor"] = {"accuracy": floor["accuracy"], "macro_f1": floor["macro_f1"],
+                                     "p50_ms": _bench_p50(bench, "tfidf-floor")}
     paths = {}
     for label, rel in (("report", "bench/report.html"), ("ort", "onnx/model.int8-dynamic.ort"),
+                       ("e2e ort", "onnx/model.e2e.int8.ort"),
                        ("student", "student"), ("card", "student/README.md")):
         if (run_dir / rel).exists():
             paths[label] = str(run_dir / rel)
     return {"run": str(run_dir), "split_seed": ev.get("split_seed"), "test_n": ev.get("test_n"), "rows": rows,
-            "paths": paths}
+            "paths": paths, "latency": latency_basis(bench)}

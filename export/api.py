@@ -49,7 +49,9 @@ def export_onnx(path: Path | str, *, which: str = "student", quantize: str = "dy
                 optimize: bool = True, opset: int = 17, calibration_samples: int = 256, per_channel: bool = False,
                 ort: bool = True, allow_mismatch: bool = False, output: Path | str | None = None,
                 force: bool = False, fp32_atol: float = 1e-4, int8_min_agreement: float = 0.99,
-                data: Path | str | None = None, arm64: Optional[dict] = None) -> ExportResult:
+                data: Path | str | None = None, arm64: Optional[dict] = None, vocab: str = "full",
+                vocab_top_n: Optional[int] = None, e2e: bool = True, embeddings: str = "int8",
+                embeddings_block_size: int = 32) -> ExportResult:
     """Export a run's student/teacher (or a model folder) to ONNX, fused, int8, parity-checked, .ort.
 
     path: a run directory (models/NAME) or a Hugging Face model folder. data: for a model folder,
@@ -58,11 +60,17 @@ def export_onnx(path: Path | str, *, which: str = "student", quantize: str = "dy
     after writing the output with that artifact marked failed, unless allow_mismatch.
     arm64: options of the ARM check ({"qemu_cpu": "max", "graph_optimization_level": "all"}), None for
     none; its failure (labels that differ between ARM and this host) is a ParityError too.
+    vocab: "domain" prunes the embedding rows to the tokens the run's texts use (vocab_top_n: only the
+    most frequent N of them); e2e: also write the end-to-end graph (strings in, tokenizer inside);
+    embeddings: "int4" stores the word-embedding table in 4 bits (block-quantized, dynamic int8 only).
     """
-    _check_args(which=which, quantize=quantize, opset=opset, calibration_samples=calibration_samples)
+    _check_args(which=which, quantize=quantize, opset=opset, calibration_samples=calibration_samples,
+                vocab=vocab, vocab_top_n=vocab_top_n, embeddings=embeddings)
     opts = Options(which=which, quantize=quantize, isa=isa, optimize=optimize, opset=opset,
                    calibration_samples=calibration_samples, per_channel=per_channel, ort=ort,
-                   allow_mismatch=allow_mismatch, fp32_atol=fp32_atol, int8_min_agreement=int8_min_agreement)
+                   allow_mismatch=allow_mismatch, fp32_atol=fp32_atol, int8_min_agreement=int8_min_agreement,
+                   vocab=vocab, vocab_top_n=vocab_top_n, e2e=e2e, embeddings=embeddings,
+                   embeddings_block_size=embeddings_block_size)
     path = Path(path)
     src = resolve(path, which=which, data=Path(data) if data else None)
     if arm64 is not None:
@@ -93,7 +101,8 @@ def export_onnx(path: Path | str, *, which: str = "student", quantize: str = "dy
     return result
 
 
-def _check_args(*, which: str, quantize: str, opset: int, calibration_samples: int) -> None:
+def _check_args(*, which: str, quantize: str, opset: int, calibration_samples: int, vocab: str = "full",
+                vocab_top_n: Optional[int] = None, embeddings: str = "int8") -> None:
     problems = []
     if which not in ("student", "teacher"):
         problems.append(f"which={which!r} (student or teacher)")
@@ -103,6 +112,14 @@ def _check_args(*, which: str, quantize: str, opset: int, calibration_samples: i
         problems.append(f"opset={opset} (11 to 21)")
     if calibration_samples < 1:
         problems.append(f"calibration_samples={calibration_samples} (at least 1)")
+    if vocab not in ("full", "domain"):
+        problems.append(f"vocab={vocab!r} (full or domain)")
+    if embeddings not in ("int8", "int4"):
+        problems.append(f"embeddings={embeddings!r} (int8 or int4)")
+    elif embeddings == "int4" and quantize != "dynamic":
+        problems.append("embeddings=int4 with quantize " + repr(quantize) + " (4-bit embeddings go with dynamic int8)")
+    if vocab_top_n is not None and vocab_top_n < 1:
+        problems.append(f"vocab_top_n={vocab_top_n} (at least 1, or None for every token the texts use)")
     if problems:
         raise ExportError("Invalid export options: " + "; ".join(problems) + ".")
 

@@ -25,8 +25,13 @@ CONFIG = "required_operators.config"
 REPORT = "mobile_usability.txt"
 
 
-def to_ort(src: Path, dst: Path) -> Path:
-    """Convert src (.onnx) to dst (.ort); writes required_operators.config next to dst."""
+def to_ort(src: Path, dst: Path, *, custom_op_library: Path | None = None,
+           config_name: str = CONFIG) -> Path:
+    """Convert src (.onnx) to dst (.ort); writes the operator list a reduced build needs (`config_name`) next to dst.
+
+    custom_op_library: a custom-op shared library the graph needs (the ONNX Runtime Extensions
+    library for an export.e2e graph), registered while converting.
+    """
     from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
 
     with tempfile.TemporaryDirectory(dir=dst.parent, prefix=".ort-") as tmp:
@@ -35,15 +40,16 @@ def to_ort(src: Path, dst: Path) -> Path:
         captured = io.StringIO()
         with contextlib.redirect_stdout(captured), quiet_onnxruntime():
             convert_onnx_models_to_ort(work, output_dir=Path(tmp) / "out",
-                                       optimization_styles=[OptimizationStyle.Fixed])
+                                       optimization_styles=[OptimizationStyle.Fixed],
+                                       custom_op_library_path=Path(custom_op_library) if custom_op_library else None)
         log.debug("convert_onnx_models_to_ort: %s", captured.getvalue().strip())
         out = Path(tmp) / "out"
         shutil.move(str(out / (src.stem + ".ort")), dst)
         config = next(out.glob("*required_operators*.config"))
         # the tool names the temporary path it converted; name the file that ships instead
         text = config.read_text().replace(str(out / (src.stem + ".ort")), dst.name)
-        (dst.parent / CONFIG).write_text(text)
-    log.info("wrote %s and %s", dst.name, CONFIG)
+        (dst.parent / config_name).write_text(text)
+    log.info("wrote %s and %s", dst.name, config_name)
     return dst
 
 

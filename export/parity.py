@@ -21,8 +21,9 @@ class Check:
     max_abs_diff: float
     label_agreement: float
     n: int
-    criterion: str  # "max_abs_diff" | "label_agreement"
+    criterion: str  # "max_abs_diff" | "label_agreement" | "same_labels" (an e2e graph vs its token-id artifact)
     threshold: float
+    against: str = "PyTorch"
 
     @property
     def passed(self) -> bool:
@@ -32,6 +33,9 @@ class Check:
 
     def line(self) -> str:
         mark = "✓" if self.passed else "✗"
+        if self.criterion == "same_labels":
+            return (f"{mark} {self.artifact}: same labels as {self.against} fed by the Python tokenizer on "
+                    f"{round(self.label_agreement * self.n)}/{self.n} texts ({self.label_agreement:.2%}; must be 100%)")
         if self.criterion == "max_abs_diff":
             return (f"{mark} {self.artifact}: max |logit diff| {self.max_abs_diff:.2e} "
                     f"{'<=' if self.passed else '>'} {self.threshold:.0e} (n={self.n})")
@@ -41,7 +45,8 @@ class Check:
 
     def to_json(self) -> dict:
         return {"max_abs_diff": self.max_abs_diff, "label_agreement": self.label_agreement, "n": self.n,
-                "passed": self.passed, "criterion": self.criterion, "threshold": self.threshold}
+                "passed": self.passed, "criterion": self.criterion, "threshold": self.threshold,
+                **({"against": self.against} if self.against != "PyTorch" else {})}
 
 
 def check(artifact: str, reference: np.ndarray, logits: np.ndarray, *, int8: bool, fp32_atol: float,
@@ -56,3 +61,14 @@ def check(artifact: str, reference: np.ndarray, logits: np.ndarray, *, int8: boo
     (log.info if c.passed else log.error)("parity %s", c.line())
     return c
 
+
+
+def same_labels(artifact: str, against: str, expected: np.ndarray, labels: np.ndarray) -> Check:
+    """The end-to-end graph (tokenizer inside) against the token-id artifact it wraps: every label equal."""
+    if expected.shape != labels.shape:
+        raise ValueError(f"{artifact}: {labels.shape[0]} labels, {against} gives {expected.shape[0]}")
+    n = len(expected)
+    agree = float((expected == labels).mean()) if n else 1.0
+    c = Check(artifact, 0.0, agree, n, "same_labels", 1.0, against=against)
+    (log.info if c.passed else log.error)("parity %s", c.line())
+    return c

@@ -18,13 +18,35 @@ log = logging.getLogger(__name__)
 Batch = dict[str, np.ndarray]
 
 
-def tokenize(model_dir: Path, texts: list[str], *, batch_size: int = 32, max_length: int = 256) -> list[Batch]:
+def tokenize(model_dir: Path, texts: list[str], *, max_length: int, batch_size: int = 32) -> list[Batch]:
+    """Token ids as the deployed artifact gets them: the model's tokenizer, truncated at the deployed length."""
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_dir)
-    limit = min(max_length, tok.model_max_length or max_length)
-    return [dict(tok(texts[i:i + batch_size], padding=True, truncation=True, max_length=limit, return_tensors="np"))
+    return [dict(tok(texts[i:i + batch_size], padding=True, truncation=True, max_length=max_length, return_tensors="np"))
             for i in range(0, len(texts), batch_size)]
+
+
+def write_deployed_length(folder: Path, max_length: int) -> None:
+    """Make the exported tokenizer files say the length the model was trained and is checked at.
+
+    tokenizer_config.json gets model_max_length (what transformers truncates to) and tokenizer.json a
+    truncation block (what the tokenizers library, and apps built on its files, apply by default), so an
+    app that follows the files truncates exactly as the export's accuracy was measured.
+    """
+    import json
+
+    cfg_file, tok_file = folder / "tokenizer_config.json", folder / "tokenizer.json"
+    if cfg_file.exists():
+        cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
+        cfg["model_max_length"] = max_length
+        if "max_length" in cfg:  # a copy of the training call's kwargs that some tokenizers save
+            cfg["max_length"] = max_length
+        cfg_file.write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    if tok_file.exists():
+        spec = json.loads(tok_file.read_text(encoding="utf-8"))
+        spec["truncation"] = {"direction": "Right", "max_length": max_length, "strategy": "LongestFirst", "stride": 0}
+        tok_file.write_text(json.dumps(spec, ensure_ascii=False), encoding="utf-8")
 
 
 def load_torch_classifier(model_dir: Path):

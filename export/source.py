@@ -38,6 +38,8 @@ class Source:
     which: str = "student"
     texts: dict[str, list[dict]] = field(default_factory=dict)  # split -> [{"text", "label"?}]
     parity_split: str = "validation"
+    max_length: int = 256  # the deployed length: the run's own (metrics.json), else the tokenizer's, capped
+    vocab_texts: list[str] = field(default_factory=list)  # what vocabulary pruning keeps: train + transfer + augmented
 
     @property
     def parity_rows(self) -> list[dict]:
@@ -51,7 +53,7 @@ class Source:
         return {"kind": "run" if self.run_dir else "model-folder", "path": str(self.run_dir or self.model_dir),
                 "which": self.which if self.run_dir else None, "model_dir": str(self.model_dir),
                 "model_type": self.config.get("model_type"), "num_labels": self.num_labels,
-                "parity_split": self.parity_split,
+                "parity_split": self.parity_split, "max_length": self.max_length,
                 "n": {k: len(v) for k, v in self.texts.items()}}
 
 
@@ -76,7 +78,10 @@ def resolve(path: Path, *, which: str = "student", data: Path | None = None) -> 
         config = check_model_folder(model_dir)
         texts = {split: read_jsonl(path / "data" / f"{split}.jsonl", required=split != "train")
                  for split in ("validation", "test", "train")}
-        src = Source(model_dir, config, run_dir=path, which=which, texts=texts)
+        extra = [r["text"] for split in ("transfer", "augmented")
+                 for r in read_jsonl(path / "data" / f"{split}.jsonl", required=False)]
+        src = Source(model_dir, config, run_dir=path, which=which, texts=texts, max_length=run_max_length(model_dir),
+                     vocab_texts=[r["text"] for r in texts["train"]] + extra)
         if not texts["validation"]:
             log.warning("%s has no validation rows; the parity gate runs on the test split instead",
                         path / "data" / "validation.jsonl")
@@ -88,9 +93,35 @@ def resolve(path: Path, *, which: str = "student", data: Path | None = None) -> 
         if not rows:
             raise ExportError(f"{data} has no rows; give a JSONL file with one {{\"text\": ..., \"label\": ...}} per line.")
         return Source(path, config, texts={"validation": rows, "test": rows if "label" in rows[0] else [],
-                                           "train": rows}, parity_split="validation")
+                                           "train": rows}, parity_split="validation", max_length=folder_max_length(path),
+                      vocab_texts=[r["text"] for r in rows])
     rows = [{"text": t} for t in DEFAULT_TEXTS]
-    return Source(path, config, texts={"validation": rows, "test": [], "train": rows}, parity_split="builtin-texts")
+    return Source(path, config, texts={"validation": rows, "test": [], "train": rows}, parity_split="builtin-texts",
+                  max_length=folder_max_length(path), vocab_texts=[r["text"] for r in rows])
+
+
+FOLDER_MAX_LENGTH = 256  # a plain model folder's deployed length: its tokenizer's limit, capped as runs cap it
+
+
+def run_max_length(model_dir: Path) -> int:
+    """The length the run trained and evaluated this model at (its metrics.json), which the export deploys."""
+    metrics = model_dir / "metrics.json"
+    try:
+        value = json.loads(metrics.read_text()).get("max_length")
+    except (OSError, ValueError):
+        value = None
+    if isinstance(value, int) and value > 0:
+        return value
+    log.warning("%s records no max_length; deploying at %d tokens", metrics, folder_max_length(model_dir))
+    return folder_max_length(model_dir)
+
+
+def folder_max_length(model_dir: Path) -> int:
+    try:
+        limit = json.loads((model_dir / "tokenizer_config.json").read_text()).get("model_max_length")
+    except (OSError, ValueError):
+        limit = None
+    return min(FOLDER_MAX_LENGTH, int(limit)) if isinstance(limit, (int, float)) and limit > 0 else FOLDER_MAX_LENGTH
 
 
 def _run_task(run_dir: Path) -> str:
