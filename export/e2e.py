@@ -187,6 +187,13 @@ def build_e2e(model_onnx: Path, tokenizer_dir: Path, out: Path, *, max_length: i
                            outputs=[n for n in CLASSIFIER_INPUTS if n in inputs], trim_rows=False, ops=ops,
                            int32=int32)
     tok.ir_version = clf.ir_version
+    # Drop opset imports no node of the classifier uses: some tools (quant_pre_process of static int8) write
+    # one for every registered domain, ai.onnx.contrib included once the extensions are loaded, and
+    # merge_models refuses two different versions of one domain.
+    used = {n.domain for n in clf.graph.node} | {"", "ai.onnx"}
+    kept = [o for o in clf.opset_import if o.domain in used]
+    del clf.opset_import[:]
+    clf.opset_import.extend(kept)
     merged = compose.merge_models(tok, clf, io_map=[(_P + n, n) for n in inputs], outputs=[logits],
                                   producer_name="edge-distill e2e")
     g = merged.graph

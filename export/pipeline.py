@@ -150,7 +150,7 @@ def build(out: Path, src: Source, opts: Options) -> dict:
         checks.append(c)
         test_out = val_out if same_texts else (_e2e_scores(path, test_texts) if is_e2e
                                                 else runtime.onnx_logits(path, test_batches))
-        labels = np.concatenate([val_out.argmax(-1), test_out.argmax(-1)]) if not same_texts else val_out.argmax(-1)
+        labels = _labels(val_out) if same_texts else np.concatenate([_labels(val_out), _labels(test_out)])
         entry: dict = {}
         if is_e2e:
             # the app's artifact must decide exactly as the token-id artifact fed by the Python tokenizer
@@ -204,6 +204,10 @@ def _e2e_scores(path: Path, texts: list[str]) -> np.ndarray:
     if not texts:
         return np.zeros((0, 0), np.float32)
     return e2e.e2e_predict(path, texts)[1]
+
+
+def _labels(scores: np.ndarray) -> np.ndarray:
+    return scores.argmax(-1) if len(scores) else np.zeros(0, np.int64)
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:

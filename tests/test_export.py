@@ -50,7 +50,8 @@ def test_default_export_writes_every_artifact_and_export_json(exported):
         assert (onnx / f).is_file(), f
     doc = json.loads((onnx / "export.json").read_text())
     assert doc["schema"] == 1 and doc["opset"] == 17 and doc["isa"] in ("avx512_vnni", "avx2", "arm64")
-    assert set(doc["artifacts"]) == {"fp32", "int8-dynamic", "int8-dynamic-ort"}
+    assert set(doc["artifacts"]) == {"fp32", "int8-dynamic", "int8-dynamic-ort", "e2e-int8-dynamic", "e2e-int8-dynamic-ort"}
+    assert doc["max_length"] == 128 and doc["artifacts"]["e2e-int8-dynamic"]["file"] == "model.e2e.int8.onnx"
     assert doc["fusions"] == {"EmbedLayerNormalization": 1, "Attention": 2, "BiasGelu": 2, "SkipLayerNormalization": 4}
     fp32, int8 = doc["artifacts"]["fp32"], doc["artifacts"]["int8-dynamic"]
     assert fp32["parity"]["max_abs_diff"] <= 1e-4 and fp32["parity"]["n"] == 8
@@ -70,7 +71,8 @@ def test_default_export_writes_every_artifact_and_export_json(exported):
     assert "# - model.int8-dynamic.ort" in ops
     # dynamic int8 is quantized from the unfused graph (measured faster): no QAttention, ORT's own int8 MatMuls
     assert "QAttention" not in ops and "DynamicQuantizeMatMul" in ops and doc["int8_from"] == "unfused graph"
-    assert [line[0] for line in res.lines] == ["✓", "✓", "✓"]
+    assert [line[0] for line in res.lines] == ["✓"] * 7  # 5 artifacts, and the 2 e2e ones also against their token-id twin
+    assert "BertTokenizer" in (onnx / "required_operators.e2e.config").read_text()
     stage = json.loads((run / "run.json").read_text())["stages"]["onnx"]
     assert stage["status"] == "complete" and "export.json" in stage["outputs"]
     assert not [p for p in run.iterdir() if ".tmp-" in p.name]
@@ -98,7 +100,7 @@ def test_static_int8_of_the_teacher_goes_to_onnx_teacher(tiny_bert, tmp_path):
     assert res.output == run / "onnx-teacher" and not (run / "onnx").exists()
     a = res.artifacts["int8-static"]
     assert a["parity"]["label_agreement"] >= 0.99 and a["status"] == "ok"
-    assert set(res.artifacts) == {"fp32", "int8-static", "int8-static-ort"}
+    assert set(res.artifacts) == {"fp32", "int8-static", "int8-static-ort", "e2e-int8-static", "e2e-int8-static-ort"}
     assert res.manifest["per_channel"] is True
     import onnx
 
@@ -144,7 +146,7 @@ def test_reexport_via_cli_replaces_previous_output(tiny_bert, tmp_path):
     r = CliRunner().invoke(app, ["export", "onnx", str(run), "--quantize", "none", "--no-ort", "--opset", "14"])
     assert r.exit_code == 0, r.output
     assert "✓ fp32" in r.output and "model.onnx" in r.output
-    assert sorted(p.name for p in (run / "onnx").glob("model*")) == ["model.onnx"]
+    assert sorted(p.name for p in (run / "onnx").glob("model*")) == ["model.e2e.onnx", "model.onnx"]
     assert json.loads((run / "onnx" / "export.json").read_text())["opset"] == 14
 
 
@@ -157,7 +159,7 @@ def test_cli_export_defaults_come_from_the_runs_recipe_and_flags_win(tiny_bert, 
     (run / "recipe.yaml").write_text("name: tiny\nexport:\n  quantize: none\n  ort: false\n  opset: 15\n")
     r = CliRunner().invoke(app, ["export", "onnx", str(run)])
     assert r.exit_code == 0, r.output
-    assert sorted(p.name for p in (run / "onnx").glob("model*")) == ["model.onnx"]  # recipe: no int8, no .ort
+    assert sorted(p.name for p in (run / "onnx").glob("model*")) == ["model.e2e.onnx", "model.onnx"]  # recipe: no int8, no .ort
     assert json.loads((run / "onnx" / "export.json").read_text())["opset"] == 15
     r = CliRunner().invoke(app, ["export", "onnx", str(run), "--opset", "14"])
     assert r.exit_code == 0, r.output
