@@ -36,7 +36,7 @@ def reference_key(results: dict) -> str | None:
 def shape(r: dict) -> str:
     if r.get("inputs") == "texts":
         tok = r.get("tokens") or {}
-        return f"1 x text ({r.get('texts', '?')} texts, p50 {tok['p50']:.0f} tok)" if tok else f"1 x text ({r.get('texts', '?')} texts)"
+        return f"{r.get('texts', '?')} texts, p50 {tok['p50']:.0f} tok" if tok else f"{r.get('texts', '?')} texts"
     return f"{r['batch']} x {r['seq']}"
 
 
@@ -83,7 +83,7 @@ def table_rows(results: dict) -> tuple[list[str], list[list[str]]]:
         rows.append([a["label"], r["target"], shape(r), _ms(lat["p50"]), _ms(lat["p90"]),
                      f"{_ms(lat['mean'])} ± {_ms(lat['std'])}", f"{r['throughput_per_s']:.1f}",
                      f"{s:.1f}x" if s else "–", _fmt_acc(a["accuracy"]), _fmt_f1(a["accuracy"]), _fmt_size(a["size_bytes"]),
-                     f"{r['load_s']:.2f}", _ms(r["first_run_ms"]) if "first_run_ms" in r else "–",
+                     f"{r['load_s']:.2f}" if "first_run_ms" in r else "–", _ms(r["first_run_ms"]) if "first_run_ms" in r else "–",
                      f"{r['memory_growth_mb']:.0f}" if "memory_growth_mb" in r else "–",
                      f"{macs / 1e6:.0f}" if macs else "–",
                      f"{100 * hw['fraction']:.0f}%" if hw.get("fraction") is not None else "–",

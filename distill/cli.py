@@ -336,7 +336,7 @@ def bench(
     target: Annotated[list[str], typer.Option(help="Target (repeatable): cpu, mobile-2t, mobile-1t, arm64-emulated, arm64-emulated-little (aarch64 ONNX Runtime under qemu: agreement with this host and accuracy, no latency), or one from the recipe's bench.custom_targets. Default: the recipe's, else cpu and mobile-1t.")] = [],  # noqa: B006
     batch: Annotated[list[int], typer.Option(help="Batch size (repeatable). Default: the recipe's, else 1.")] = [],  # noqa: B006
     seq: Annotated[list[int], typer.Option(help="Sequence length in tokens of the fixed-shape rows (repeatable). Default: the recipe's, else the deployed length (the export's max_length).")] = [],  # noqa: B006
-    texts: Annotated[Optional[int], typer.Option(help="Test texts timed one at a time at their own length, batch 1, no padding (as an app runs them); 0 = none. Default: the recipe's bench.texts, else 500.")] = None,
+    texts: Annotated[Optional[int], typer.Option(help="Test texts timed one at a time at their own length, batch 1, no padding (as an app runs them); 0 = none. Default: the recipe's bench.texts, else 200.")] = None,
     iterations: Annotated[Optional[int], typer.Option(help="Timed iterations per measurement (default 50).")] = None,
     warmup: Annotated[Optional[int], typer.Option(help="Untimed iterations first (default 10).")] = None,
     report: Annotated[Optional[Path], typer.Option("--report", help="Report folder (default: RUN/bench, or FILE_DIR/bench-STEM).")] = None,

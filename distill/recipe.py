@@ -218,7 +218,7 @@ class Bench(_Section):
     custom_targets: list[Target] = Field(default_factory=list, description="User-defined targets.")
     batch: list[int] = Field(default_factory=lambda: [1], description="Batch sizes measured.")
     seq: Optional[list[int]] = Field(None, description="Sequence lengths of the fixed-shape rows; None = the deployed length (the export's max_length).")
-    texts: int = Field(500, ge=0, description="Test texts timed one at a time at their own length, batch 1, no padding (p50/p90 over the texts), as an app runs them; 0 = none.")
+    texts: int = Field(200, ge=0, description="Test texts timed one at a time at their own length, batch 1, no padding (p50/p90 over the texts), as an app runs them; 0 = none.")
     iterations: int = Field(50, gt=0, description="Timed iterations per measurement.")
     warmup: int = Field(10, ge=0, description="Untimed iterations before timing.")
     compare_optimum: bool = Field(True, description="Also measure the student and the teacher exported and int8-quantized optimum's default way, and the TF-IDF floor.")

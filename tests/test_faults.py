@@ -74,7 +74,7 @@ def _cli(args: list[str], fault: str | None = None) -> subprocess.CompletedProce
 
 
 EXPORT = ["export", "onnx", "--allow-mismatch", "--no-ort"]
-BENCH = ["bench", "--target", "cpu", "--iterations", "3", "--warmup", "1", "--seq", "16", "--no-compare-optimum"]
+BENCH = ["bench", "--target", "cpu", "--iterations", "3", "--warmup", "1", "--seq", "16", "--no-compare-optimum", "--texts", "0"]
 
 
 @pytest.mark.parametrize("stage", ["onnx", "bench"])

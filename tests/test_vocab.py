@@ -11,18 +11,10 @@ from pathlib import Path
 import pytest
 
 from distill.errors import ExportError
+from tiny import CORPUS
 from export.vocab import PRUNE_FILE, coverage, domain_token_ids, prune_model, read_old_ids, token_counts
 
-PRUNE_TEXTS = [
-    "a gripping and beautifully acted film",
-    "the plot is dull and the jokes fall flat",
-    "one of the best movies of the year",
-    "a tedious mess that overstays its welcome",
-    "warm funny and surprisingly moving",
-    "lifeless characters and a predictable script",
-    "the cast is terrific and the story delights",
-    "boring slow and far too long",
-]
+PRUNE_TEXTS = list(CORPUS)  # the tiny tokenizer's own training sentences
 # Words the pruning texts do not have, accents, emoji, CJK, numbers, mixed case, punctuation.
 HARD_TEXTS = [
     "Crème brûlée at the Café, then Buñuel's films!",
