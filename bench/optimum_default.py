@@ -15,9 +15,13 @@ def export_optimum_default(model_dir: Path, out_dir: Path, preset: str) -> Path:
     from optimum.onnxruntime import ORTQuantizer
     from optimum.onnxruntime.configuration import AutoQuantizationConfig
 
+    import warnings
+
     out_dir.mkdir(parents=True, exist_ok=True)
     log.info("optimum default path: exporting %s", model_dir)
-    main_export(str(model_dir), out_dir, task="text-classification", local_files_only=True, do_validation=False)
+    with warnings.catch_warnings():  # the TorchScript exporter's deprecation and tracer warnings, expected here
+        warnings.simplefilter("ignore")
+        main_export(str(model_dir), out_dir, task="text-classification", local_files_only=True, do_validation=False)
     # optimum-cli's quantize flags default to per_channel=False; is_static=False is its dynamic mode.
     qconfig = getattr(AutoQuantizationConfig, preset)(is_static=False, per_channel=False)
     quantizer = ORTQuantizer.from_pretrained(out_dir, file_name="model.onnx")

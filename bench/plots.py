@@ -9,7 +9,8 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-_COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
+_COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+            "#17becf", "#393b79", "#ad494a"]  # 12: a bench can have 11 rows (optimum teacher, floor)
 
 
 def _plt():
