@@ -61,7 +61,7 @@ def build(work: Path) -> dict[str, dict]:
     for name, kw in ours.items():
         f = work / f"{name}.onnx"
         if not f.exists():
-            # A fused graph has contrib ops without type info: DefaultTensorType=FLOAT (SOURCES.md).
+            # A fused graph has contrib ops without type info: DefaultTensorType=FLOAT (export/quantize.py).
             quantize_dynamic(fused, f, weight_type=QuantType.QInt8,
                              extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT}, **kw)
     spin_off = {"config": {"session.intra_op.allow_spinning": "0"}}

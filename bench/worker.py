@@ -3,7 +3,7 @@
 The parent (bench.measure) starts this already pinned to the target's cores and with the thread
 environment set; here the runtime's own thread count is applied, the model is loaded and timed,
 and the result is written as JSON. Timing several runtimes in one process distorted results up to
-3x on this machine (SOURCES.md), so nothing else ever runs in this process.
+3x on this machine, so nothing else ever runs in this process.
 """
 
 from __future__ import annotations

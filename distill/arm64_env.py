@@ -6,7 +6,7 @@ host), so a new onnxruntime on the host means a new environment and an old one i
 mistake. It is built in a hidden `.arm64-env-HASH.tmp-PID` sibling and renamed into place once a
 smoke test passed and its READY.json marker is written: a folder with the final name is complete.
 
-Recipe and pitfalls (../shared/SOURCES.md, "ARM (aarch64) correctness check under emulation"):
+Recipe and pitfalls (README "ARM check"):
 debootstrap's second stage runs aarch64 programs, so building needs root and the qemu-aarch64
 binfmt handler (registered here if missing and unregistered afterwards). Running needs neither:
 `qemu-aarch64-static -L ROOT ROOT/usr/bin/python3` resolves absolute paths inside ROOT first and
@@ -181,7 +181,7 @@ def build(*, force: bool = False) -> Path:
         with binfmt_aarch64():
             _debootstrap(root)
         wheels = _install_wheels(p["wheels"], root / "opt" / "site", work / "wheels")
-        # Empty CPU topology files: onnxruntime reads these instead of the host's x86 ones (SOURCES.md).
+        # Empty CPU topology files: onnxruntime reads these instead of the host's x86 ones and segfaults.
         cpu = root / "sys" / "devices" / "system" / "cpu"
         cpu.mkdir(parents=True, exist_ok=True)
         for name in ("possible", "present"):

@@ -217,7 +217,7 @@ def collate_topk(rows: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], pad_
 
 def plain_model(model: Any) -> Any:
     """The same weights in a plain model of the same class: a GGUF-loaded model (dequantized on load)
-    refuses save_pretrained until it is rebuilt without its quantization_config (SOURCES.md)."""
+    refuses save_pretrained until it is rebuilt without its quantization_config."""
     import torch
     from transformers import AutoModelForCausalLM
 

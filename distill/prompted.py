@@ -9,7 +9,7 @@ logits are the log-softmax of those scores over the labels. Contextual calibrati
 content-free text, i.e. subtracts its scores.
 
 The few-shot prefix is the same for every text, so its KV cache is computed once and shared by
-every batch (DESIGN.md measured SmolLM2 at 0.56 s per example with a 300-token prompt, 0.11 s for a
+every batch (measured when this was designed: SmolLM2 at 0.56 s per example with a 300-token prompt, 0.11 s for a
 60-token suffix). Texts in a batch are left-padded between prefix and text, with the attention mask
 and position ids set so that each text sees exactly prefix + its own tokens.
 """

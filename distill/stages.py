@@ -1,4 +1,4 @@
-"""The stage table of `distill run` (DESIGN.md "Stages"). `fn=None` marks a stage not built yet.
+"""The stage table of `distill run`. `fn=None` marks a stage not built yet.
 
 Stage functions are imported lazily (through _lazy) so that listing the stages costs nothing.
 `task: causal-lm` runs the same five stages with the functions of distill/causal_lm_stages.py

@@ -13,7 +13,7 @@ Layout under the run directory (RUN = models/NAME):
 Search space (`tune.space`): dotted recipe key -> `[low, high]` (two numbers: a range; both integers
 give an integer range; a float range spanning >= 10x with low > 0 is searched on a log scale), any
 other list (choices), or a mapping `{low, high, log, step}` / `{choices: [...]}` to say it exactly.
-`distill.alpha` is a tune-only key: the KL weight, with the CE weight set to 1 - alpha (DESIGN.md's
+`distill.alpha` is a tune-only key: the KL weight, with the CE weight set to 1 - alpha (the
 loss). Every key and both ends of every range are validated against the Recipe schema before
 anything runs.
 

@@ -243,7 +243,7 @@ def check_export(folder: Path, splits: dict[str, list[dict]], **kw: Any) -> dict
 
 
 def _not_shadowed(root: Path, path: Path) -> None:
-    # qemu -L opens ROOT/PATH when it exists, else the host's PATH (SOURCES.md): a file of the same path
+    # qemu -L opens ROOT/PATH when it exists, else the host's PATH: a file of the same path
     # inside ROOT would be read instead of the host's.
     if (root / Path(path).relative_to("/")).exists():
         raise DistillError(f"{path} also exists inside the aarch64 environment ({root}), which would read its own "

@@ -1,7 +1,7 @@
 """Pass 1: PyTorch -> ONNX with optimum's `main_export`.
 
 optimum drives the TorchScript exporter, whose graphs ONNX Runtime's transformer optimizer can fuse
-(the dynamo exporter's get no attention fusion; SOURCES.md). It also copies the tokenizer files and
+(the dynamo exporter's get no attention fusion). It also copies the tokenizer files and
 config.json next to model.onnx, which is what makes the folder loadable by
 `ORTModelForSequenceClassification.from_pretrained(folder, file_name=...)`.
 """

@@ -3,7 +3,7 @@
 Run at opt_level 0, so only the graph fusions are written into the file; the session's own
 hardware-specific optimizations are left to load time, and the graph stays portable (x86, ARM).
 Which fusions happened is returned, so export.json can say so (on mpnet-base, for example, there
-is no Attention fusion; SOURCES.md).
+is no Attention fusion).
 """
 
 from __future__ import annotations

@@ -51,7 +51,7 @@ class Options:
 
 
 def fault(step: str) -> None:
-    """Deterministic kill for fault tests: DISTILL_FAULT=export:STEP (DESIGN.md)."""
+    """Deterministic kill for fault tests: DISTILL_FAULT=export:STEP."""
     if os.environ.get("DISTILL_FAULT") == f"export:{step}":
         log.warning("DISTILL_FAULT=export:%s: killing this process", step)
         os.kill(os.getpid(), signal.SIGKILL)

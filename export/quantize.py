@@ -4,7 +4,7 @@ Presets follow optimum's `AutoQuantizationConfig` (optimum/onnxruntime/configura
 activations everywhere; int8 weights for avx512_vnni and arm64, uint8 weights for avx2 (the AVX2
 u8 x s8 kernels can saturate). Quantization goes through ONNX Runtime's own functions, because
 optimum's ORTQuantizer fails on an already fused graph; on a fused graph `quantize_dynamic` needs
-DefaultTensorType=FLOAT to type the contrib ops' outputs (SOURCES.md).
+DefaultTensorType=FLOAT to type the contrib ops' outputs.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from export.runtime import Batch, quiet_onnxruntime
 log = logging.getLogger(__name__)
 
 # Static int8 quantizes MatMul/Gemm only: calibrating the attention mask's Add (-inf-like values)
-# breaks entropy/percentile calibration and costs accuracy (SOURCES.md).
+# breaks entropy/percentile calibration and costs accuracy.
 STATIC_OPS = ["MatMul", "Gemm"]
 
 
@@ -113,7 +113,7 @@ def _pre_process(src: Path, dst: Path) -> None:
     try:
         # a fused graph needs ORT's symbolic inference to type its contrib ops' outputs (else the pooler's
         # Gemm gets no input scale); an unfused one fails it ("Incomplete symbolic shape inference";
-        # SOURCES.md), and ONNX's own inference is enough there
+        # measured), and ONNX's own inference is enough there
         quant_pre_process(str(src), str(dst), skip_symbolic_shape=False)
     except Exception as e:  # noqa: BLE001 - the symbolic inference raises a bare Exception
         log.debug("symbolic shape inference failed (%s); using ONNX shape inference only", e)

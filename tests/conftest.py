@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-# Never reach for the Hub in tests: a failed lookup hangs ~50 s (SOURCES.md).
+# Never reach for the Hub in tests: a failed lookup hangs ~50 s.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 

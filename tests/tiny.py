@@ -2,7 +2,7 @@
 
 A WordPiece tokenizer trained with `tokenizers` on a small corpus, and a BERT of a few hundred KB
 whose weights get small noise (randomly initialised tiny models have identical constant tensors,
-which break static int8 quantization; SOURCES.md).
+which break static int8 quantization).
 """
 
 from __future__ import annotations
