@@ -55,12 +55,9 @@ def real_clf(tmp_path_factory) -> Path:
     config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=64, max_position_embeddings=512, num_labels=2,
                         id2label={0: "negative", 1: "positive"}, label2id={"negative": 0, "positive": 1})
-    model = BertForSequenceClassification(config)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.02)
-    model.save_pretrained(folder, safe_serialization=True)
-    return folder
+    from tiny import save_with_noise
+
+    return save_with_noise(BertForSequenceClassification(config), folder)
 
 
 @pytest.fixture(scope="module")

@@ -46,7 +46,13 @@ def make_tiny_bert(folder: Path, num_labels: int = 2, layers: int = 2, hidden: i
     config = BertConfig(vocab_size=tok.get_vocab_size(), hidden_size=hidden, num_hidden_layers=layers,
                         num_attention_heads=2, intermediate_size=hidden * 2, max_position_embeddings=128,
                         num_labels=num_labels)
-    model = BertForSequenceClassification(config)
+    return save_with_noise(BertForSequenceClassification(config), folder)
+
+
+def save_with_noise(model, folder: Path) -> Path:
+    """Small noise on every weight (a fresh init's constant tensors break static int8), then safetensors."""
+    import torch
+
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.02)
