@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
+from distill import progress
 from distill.errors import DistillError
 from distill.rundir import replace_dir
 
@@ -159,29 +160,37 @@ def _bench_into(out: Path, final: Path, *, path: Path, is_run: bool, artifacts: 
     by_text = artifacts if is_run and texts and test.exists() else []
     total = len(fixed) * len(targets) * len(batch) * len(seq) + len(by_text) * len(targets)
     skipped: set[tuple[str, int]] = set()
-    for b in batch:
-        for s in seq:
-            for t in targets:
-                for a in fixed:
-                    if a.runtime == "onnxruntime-e2e" and a.max_length and s > a.max_length:
-                        skipped.add((a.label, s))  # its in-graph tokenizer cuts every text at the deployed length
-                        continue
-                    log.info("[%d/%d] %s on %s, batch %d x seq %d", len(rows) + 1, total, a.label, t.name, b, s)
-                    spec = {"task": "latency", "runtime": a.runtime, "path": str(a.path), "batch": b, "seq": s,
-                            "vocab_size": vocab, "seed": INPUT_SEED, "iterations": iterations, "warmup": warmup}
-                    r = run_worker(spec, t, timeout=WORKER_TIMEOUT_S)
-                    rows.append({"artifact": a.key, "target": t.name, "batch": b, "seq": s, "inputs": "synthetic",
-                                 "size_bytes": a.size_bytes, **r})
-    for t in targets:
-        for a in by_text:
-            log.info("[%d/%d] %s on %s, %d test texts one by one", len(rows) + 1, total, a.label, t.name, texts)
-            spec = {"task": "latency-texts", "runtime": a.runtime, "path": str(a.path), "data": str(test),
-                    "max_texts": texts, "warmup": min(warmup, texts), "max_length": a.max_length or seq[0],
-                    "tokenizer": str(a.tokenizer) if a.tokenizer else None, "train": str(path / "data" / "train.jsonl"),
-                    "seed": INPUT_SEED}
-            r = run_worker(spec, t, timeout=WORKER_TIMEOUT_S)
-            rows.append({"artifact": a.key, "target": t.name, "batch": 1, "seq": None, "inputs": "texts",
-                         "size_bytes": a.size_bytes, **r})
+    # Each row is measured in its own worker process: progress is counted here, a step per row.
+    with progress.task("bench: latency rows", total=total) as advance:
+        for b in batch:
+            for s in seq:
+                for t in targets:
+                    for a in fixed:
+                        if a.runtime == "onnxruntime-e2e" and a.max_length and s > a.max_length:
+                            skipped.add((a.label, s))  # its in-graph tokenizer cuts every text at the deployed length
+                            advance()
+                            continue
+                        log.info("[%d/%d] %s on %s, batch %d x seq %d", len(rows) + 1, total, a.label, t.name, b, s)
+                        advance.describe(f"bench: {a.label} on {t.name}")
+                        spec = {"task": "latency", "runtime": a.runtime, "path": str(a.path), "batch": b, "seq": s,
+                                "vocab_size": vocab, "seed": INPUT_SEED, "iterations": iterations, "warmup": warmup}
+                        r = run_worker(spec, t, timeout=WORKER_TIMEOUT_S)
+                        rows.append({"artifact": a.key, "target": t.name, "batch": b, "seq": s, "inputs": "synthetic",
+                                     "size_bytes": a.size_bytes, **r})
+                        advance()
+        for t in targets:
+            for a in by_text:
+                log.info("[%d/%d] %s on %s, %d test texts one by one", len(rows) + 1, total, a.label, t.name, texts)
+                advance.describe(f"bench: {a.label} on {t.name}, test texts")
+                spec = {"task": "latency-texts", "runtime": a.runtime, "path": str(a.path), "data": str(test),
+                        "max_texts": texts, "warmup": min(warmup, texts), "max_length": a.max_length or seq[0],
+                        "tokenizer": str(a.tokenizer) if a.tokenizer else None,
+                        "train": str(path / "data" / "train.jsonl"), "seed": INPUT_SEED}
+                r = run_worker(spec, t, timeout=WORKER_TIMEOUT_S)
+                rows.append({"artifact": a.key, "target": t.name, "batch": 1, "seq": None, "inputs": "texts",
+                             "size_bytes": a.size_bytes, **r})
+                advance()
+        advance.describe("bench: latency rows")
     for label, s in sorted(skipped):
         notes.append(f"{label}: no fixed row at {s} tokens, above its deployed length (its tokenizer truncates there)")
     peaks = _peaks(targets, notes) if any(a.onnx_graph for a in artifacts) else {}
@@ -350,19 +359,24 @@ def _arm64(path: Path, targets: list[Target], level: str, warnings: list[str]) -
 def _fill_accuracy(artifacts: Iterable[Artifact], test: Path, target: Target, notes: list[str]) -> None:
     from bench.measure import run_worker
 
-    for a in artifacts:
-        if a.accuracy is not None:
-            continue
-        if not test.exists() or (a.tokenizer is None and a.runtime != "onnxruntime-e2e"):
-            notes.append(f"{a.label}: no accuracy ({'no data/test.jsonl' if not test.exists() else 'no tokenizer'})")
-            continue
-        length = a.max_length or FALLBACK_SEQ
-        log.info("accuracy of %s on %s at %d tokens", a.label, test, length)
-        r = run_worker({"task": "accuracy", "runtime": a.runtime, "path": str(a.path), "max_length": length,
-                        "tokenizer": str(a.tokenizer) if a.tokenizer else None, "data": str(test),
-                        "train": str(test.parent / "train.jsonl")}, target, timeout=WORKER_TIMEOUT_S)
-        if r["status"] == "ok":
-            a.accuracy = {k: r[k] for k in ("accuracy", "macro_f1", "n")}
-            a.accuracy_source = f"computed at {length} tokens"
-        else:
-            notes.append(f"{a.label}: accuracy failed: {r.get('error', '')[:200]}")
+    artifacts = list(artifacts)
+    runnable = lambda a: test.exists() and (a.tokenizer is not None or a.runtime == "onnxruntime-e2e")  # noqa: E731
+    # one worker process per artifact: progress is counted here, a step per artifact
+    with progress.task("bench: accuracy", total=sum(a.accuracy is None and runnable(a) for a in artifacts)) as advance:
+        for a in artifacts:
+            if a.accuracy is not None:
+                continue
+            if not runnable(a):
+                notes.append(f"{a.label}: no accuracy ({'no data/test.jsonl' if not test.exists() else 'no tokenizer'})")
+                continue
+            length = a.max_length or FALLBACK_SEQ
+            log.info("accuracy of %s on %s at %d tokens", a.label, test, length)
+            r = run_worker({"task": "accuracy", "runtime": a.runtime, "path": str(a.path), "max_length": length,
+                            "tokenizer": str(a.tokenizer) if a.tokenizer else None, "data": str(test),
+                            "train": str(test.parent / "train.jsonl")}, target, timeout=WORKER_TIMEOUT_S)
+            advance()
+            if r["status"] == "ok":
+                a.accuracy = {k: r[k] for k in ("accuracy", "macro_f1", "n")}
+                a.accuracy_source = f"computed at {length} tokens"
+            else:
+                notes.append(f"{a.label}: accuracy failed: {r.get('error', '')[:200]}")

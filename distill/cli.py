@@ -33,8 +33,10 @@ app.add_typer(assets_app, name="assets")
 app.add_typer(recipe_app, name="recipe")
 app.add_typer(data_app, name="data")
 
-out = Console(quiet=not is_rank_zero())  # under torchrun, rank 0 alone reports progress
-err = Console(stderr=True)
+# Piped into a file or a CI log, rich would wrap every table at 80 columns; COLUMNS still wins.
+_WIDTH = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 200
+out = Console(quiet=not is_rank_zero(), width=_WIDTH)  # under torchrun, rank 0 alone reports progress
+err = Console(stderr=True, width=_WIDTH)
 _state = {"debug": False}
 
 SetOpt = Annotated[list[str], typer.Option("--set", help="Override a recipe key: --set student.epochs=3 (repeatable).")]
@@ -53,6 +55,30 @@ def _setup_logging(debug: bool) -> None:
         # "newly initialized: classifier" is expected (a fresh head is what fine-tuning trains).
         logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+def _show_progress() -> None:
+    """Progress bars (description, M/N, elapsed, ETA) for this command's long passes, drawn on stderr
+    beside the log; rank 0 only. Removed, with any bar left open, when the command ends."""
+    if not is_rank_zero():
+        return
+    try:
+        from click import get_current_context
+    except ImportError:  # typer releases that carry their own copy of click
+        from typer.main import get_current_context
+
+    from distill import progress
+
+    reporter = progress.RichReporter(err)
+    previous = progress.set_reporter(reporter)
+
+    def restore() -> None:
+        reporter.close()
+        progress.set_reporter(previous)
+
+    ctx = get_current_context(silent=True)
+    if ctx is not None:
+        ctx.call_on_close(restore)
 
 
 def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -122,6 +148,7 @@ def run(
     force: Annotated[bool, typer.Option(help="Replace an existing run directory.")] = False,
 ) -> None:
     """Run a recipe: data -> teacher -> soft labels -> student -> evaluation, into models/NAME/."""
+    _show_progress()
     from distill.pipeline import run_recipe
 
     rec = _load(recipe, set_)
@@ -145,6 +172,7 @@ def run(
 def _print_summary(run_dir: Path) -> None:
     from rich.table import Table
 
+    from distill.advice import advise
     from distill.summary import run_summary
 
     s = run_summary(run_dir)
@@ -167,6 +195,11 @@ def _print_summary(run_dir: Path) -> None:
     out.print(table)
     for label, path in s["paths"].items():
         out.print(f"  {label:<8} {path}")
+    for a in advise(run_dir, _run_recipe(run_dir)):
+        out.print(("[yellow]![/] " if a.level == "warn" else "[cyan]i[/] ") + a.text, highlight=False)
+        if a.try_:
+            again = f"distill run {run_dir / 'recipe.yaml'} --resume --models-dir {run_dir.parent} --name {run_dir.name}"
+            out.print(f"    try: {again} {a.try_}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -293,6 +326,7 @@ def export_onnx(
     arm64_opt_level: Arm64OptLevel = OptLevel.all,
 ) -> None:
     """Export to ONNX -> fusions -> int8 -> parity gate -> .ort and mobile check (and --check-arm64)."""
+    _show_progress()
     from rich.table import Table
 
     from export.api import export_onnx as run_export
@@ -344,6 +378,7 @@ def bench(
     arm64_opt_level: Arm64OptLevel = OptLevel.all,
 ) -> None:
     """Latency x targets and accuracy x artifacts -> report.md/.html/.json and plots."""
+    _show_progress()
     from rich.table import Table
 
     from bench.api import run_bench
@@ -468,6 +503,18 @@ def data_inspect(
         for reason, n in rep[kind].items():
             cleaning.add_row(kind, reason.replace("_", " "), str(n))
     out.print(cleaning)
+    for name in ("validation", "test"):
+        c = rep.get(f"{name}_carved")
+        if c:
+            out.print(f"{name}: {c['rows']} rows carved from the given train rows ({c['fraction']:.0%}"
+                      f"{', stratified by label' if c['stratified'] else ''}{', whole groups' if c['grouped'] else ''}); "
+                      f"give data.{name} to use your own", highlight=False)
+    kept = {k: v for k, v in (rep.get("test_kept_as_given") or {}).items() if k != "note" and v}
+    if kept:
+        out.print("given test split kept as given (reported, not dropped): "
+                  + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in kept.items()), highlight=False)
+    if rep.get("ignored_files"):
+        out.print(f"files not recognised as a split and ignored: {', '.join(rep['ignored_files'])}", highlight=False)
     if rep.get("groups_straddling"):
         out.print(f"groups in more than one split: {rep['groups_straddling']}")
     if rep.get("few_shot"):

@@ -20,6 +20,7 @@ class LossInputs:
     student_hidden: Optional[list[Any]] = None  # pooled [B, Hs] per mapped layer
     teacher_hidden: Optional[list[Any]] = None  # pooled [B, Ht] per mapped layer
     projections: Optional[Any] = None  # ModuleList of Linear(Hs, Ht) when widths differ
+    class_weights: Optional[Any] = None  # [C] weights of the gold-label term (student.class_weights)
 
 
 @LOSSES.register("kl")
@@ -41,7 +42,8 @@ def ce(x: LossInputs) -> Optional[Any]:
     mask = x.labels >= 0
     if not bool(mask.any()):
         return None
-    out = F.cross_entropy(x.student_logits, x.labels.clamp(min=0), reduction="none")
+    w = x.class_weights.to(x.student_logits.device) if x.class_weights is not None else None
+    out = F.cross_entropy(x.student_logits, x.labels.clamp(min=0), weight=w, reduction="none")
     return torch.where(mask, out, torch.zeros_like(out))
 
 

@@ -46,7 +46,10 @@ class Augment(_Section):
 
 class Data(_Section):
     source: str = Field("builtin:rotten-tomatoes",
-                        description="builtin:NAME, or a CSV/TSV/JSONL/Parquet file, or a folder of train/validation/test files.")
+                        description="builtin:NAME, or a CSV/TSV/JSONL/Parquet file, or a folder of split files (names with train, validation/valid/val/dev, test).")
+    train: Optional[str] = Field(None, description="Training rows as a file of their own (any name); when set, the splits come from data.train/validation/test and data.source is not used.")
+    validation: Optional[str] = Field(None, description="Validation rows as a file (needs data.train); None = carved out of data.train, stratified, as the data report says.")
+    test: Optional[str] = Field(None, description="Test rows as a file (needs data.train), scored as given: cleaning never drops a test row for duplication or label conflict; None = carved out of data.train.")
     format: Literal["auto", "csv", "tsv", "jsonl", "parquet"] = Field("auto", description="File format; auto = from the extension.")
     text_column: Optional[str] = Field(None, description="Column holding the text (default: the dataset's own, else 'text').")
     label_column: Optional[str] = Field(None, description="Column holding the label (default: the dataset's own, else 'label').")
@@ -64,6 +67,20 @@ class Data(_Section):
         "flag", description="Rows where the teacher confidently disagrees with the gold label: keep silently, list them, or drop them from the student's gold-label term.")
     label_noise_threshold: float = Field(0.9, gt=0.5, lt=1, description="Teacher probability above which a disagreement counts as label noise.")
     augment: Augment = Field(default_factory=Augment, description="Augmentation of the transfer pool.")
+
+    @model_validator(mode="after")
+    def _split_files_need_train(self) -> "Data":
+        if self.train is None and (self.validation is not None or self.test is not None):
+            key = "data.test" if self.test is not None else "data.validation"
+            raise ValueError(f"{key} is set but data.train is not: give the training rows as data.train too (a file "
+                             "of their own), or drop it and put every row in data.source to let distill split")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _omit_unused_split_files(self, handler: Any) -> Any:
+        # Unset split files stay out of the dump: the data stage's input digest hashes this section,
+        # so run folders made before these keys existed still resume.
+        return _without(handler(self), tuple(k for k in ("train", "validation", "test") if getattr(self, k) is None))
 
 
 class Lora(_Section):
@@ -84,7 +101,10 @@ class Training(_Section):
     warmup_ratio: float = Field(0.06, ge=0, lt=1, description="Fraction of steps spent warming up the learning rate.")
     scheduler: Literal["linear", "cosine", "constant"] = Field("linear", description="Learning-rate schedule after warm-up.")
     max_length: Optional[int] = Field(None, gt=0, le=4096, description="Tokens per text; None = the data's p95 token length, capped at 256.")
-    early_stopping_patience: int = Field(2, ge=0, description="Evaluations without improvement before stopping; 0 = off.")
+    group_by_length: bool = Field(True, description="Batch texts of similar token length together (the Trainer's length-grouped sampler): less padding, so shorter steps on CPU; batches stay random in order.")
+    min_steps: int = Field(250, ge=0, description="At least this many optimizer steps: on a small data set, more epochs than `epochs` are run (early stopping on validation still ends training when it stops improving); 0 = exactly `epochs`.")
+    class_weights: Literal["none", "balanced"] = Field("none", description="Weight the gold-label cross-entropy per class: balanced = rows / (classes x class rows), for skewed classes.")
+    early_stopping_patience: int = Field(2, ge=0, description="Evaluations without improvement (validation macro-F1 where classes are skewed, else accuracy) before stopping; 0 = off.")
     eval_steps: Optional[int] = Field(None, gt=0, description="Evaluate every N steps; None = once per epoch.")
     dropout: Optional[float] = Field(None, ge=0, lt=1, description="Override the model's hidden/attention dropout; None = keep.")
 

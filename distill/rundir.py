@@ -128,6 +128,12 @@ class RunDir:
             if resume and force:
                 raise RunDirError("--resume and --force contradict each other: --resume reuses the run "
                                   f"directory {p}, --force deletes it. Pass one.")
+            if not resume and not force and rd.completed_nothing():
+                # A run that failed before any stage completed (a bad column, a typo in a path) holds
+                # nothing worth keeping: the corrected rerun under the same name just replaces it.
+                log.info("%s: the earlier run completed no stage; replacing it", p)
+                force = True
+                rd.wipe()
             if not resume and not force:
                 raise RunDirError(f"The run directory {p} already exists. Pass --resume to continue it "
                                   "(completed stages with unchanged inputs are skipped), --force to replace it, "
@@ -137,6 +143,20 @@ class RunDir:
                                   "wrote; pass --force to replace it or --name for another run.")
         p.mkdir(parents=True, exist_ok=True)
         return rd
+
+    def completed_nothing(self) -> bool:
+        """True for a run directory this tool wrote whose every stage failed or never started."""
+        if not (self.path / RUN_JSON).is_file():
+            return False
+        try:
+            stages = self.read()["stages"]
+        except (OSError, ValueError, KeyError, RunDirError):
+            return False
+        lock = self.path / LOCK
+        if lock.exists() and not self._stale(self._read_lock(lock)):
+            return False  # a live run is using it
+        # "running" with no live holder is a killed stage: its checkpoints are worth a --resume.
+        return not any(rec.get("status") in ("complete", "running") for rec in stages.values())
 
     def wipe(self) -> None:
         """Remove everything but the lock (used by --force once the lock is held)."""

@@ -74,6 +74,7 @@ class SoftLabels:
 def label_texts(teacher: Any, tokenizer: Any, texts: Sequence[str], max_length: int,
                 previous: Optional[SoftLabels] = None) -> SoftLabels:
     """Soft labels for texts, running the teacher only on texts the previous cache lacks."""
+    from distill import progress
     from distill.training import predict_logits
 
     prompted = hasattr(teacher, "label_logits")  # distill.prompted.PromptedTeacher builds its own prompts
@@ -81,7 +82,12 @@ def label_texts(teacher: Any, tokenizer: Any, texts: Sequence[str], max_length: 
     base = previous or SoftLabels(np.zeros((0, num_labels), np.float32), {})
     todo = list(dict.fromkeys(base.missing(texts)))
     if todo:
-        logits = teacher.label_logits(todo) if prompted else predict_logits(teacher, tokenizer, todo, max_length)
+        if prompted:  # scored in one call (its own length-sorted batches): the line shows the elapsed time
+            with progress.task("soft labels", total=len(todo)) as advance:
+                logits = teacher.label_logits(todo)
+                advance(len(todo))
+        else:
+            logits = predict_logits(teacher, tokenizer, todo, max_length, description="soft labels")
         base = base.extended(todo, logits)
     return base
 

@@ -52,7 +52,8 @@ def _teacher_fingerprint(recipe: Any) -> Any:
 
 STAGES: list[Stage] = [
     Stage("data", _lazy("distill.data.prepare", "data_stage"), ("data",), (), "load, clean, split, few-shot, augment",
-          fingerprint=_data_fingerprint),
+          fingerprint=_data_fingerprint,
+          revision=2),  # 2: a given test split keeps every row (duplicates and conflicts reported, not dropped)
     Stage("teacher", _by_task("distill.teacher", "teacher_stage"),
           ("teacher", "device", "data.label_noise", "data.label_noise_threshold"), ("data",),
           "fine-tune (or few-shot prompt) the teacher", fingerprint=_teacher_fingerprint,

@@ -12,16 +12,20 @@ from typing import Any, Optional
 
 import numpy as np
 
+from distill.checkpointing import (MARKER, checkpoint_every_s, checkpoint_step, enable_checkpoints, resume_checkpoint,
+                                 trim_train_log)
 from distill.curriculum import make_sampler
 from distill.data.prepare import read_labels, read_split
 from distill.device import choose_device
+from distill.distributed import barrier, from_rank_zero, is_rank_zero, world_size
 from distill.errors import DistillError
 from distill.faults import step_callback
 from distill.losses import LossInputs, combine
 from distill.modeling import count_parameters, load_classifier, load_tokenizer, num_layers
+from distill.progress import quiet_trainer
 from distill.soft_labels import SoftLabels, label_texts, student_pool, text_key
-from distill.training import (compute_metrics_fn, evaluate_rows, jsonl_logger, pick_max_length, predict_logits,
-                              tokenized, training_arguments)
+from distill.training import (class_weights, compute_metrics_fn, effective_epochs, evaluate_rows, jsonl_logger,
+                              pick_max_length, predict_logits, selection_metric, tokenized, training_arguments)
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +40,10 @@ def _trainer_class():
         """The Trainer with a distillation loss and a curriculum sampler; nothing else overridden."""
 
         def __init__(self, *args: Any, loss_weights: dict[str, float], temperature: float,
-                     curriculum: Any = None, projections: Any = None, **kwargs: Any):
+                     curriculum: Any = None, projections: Any = None, class_weights: Any = None, **kwargs: Any):
             super().__init__(*args, **kwargs)
             self.loss_weights, self.temperature = loss_weights, temperature
+            self.class_weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
             self.curriculum, self.projections = curriculum, projections
             self.need_hidden = any(loss_weights.get(h) for h in HIDDEN)
 
@@ -62,7 +67,8 @@ def _trainer_class():
                                   for i in range(len(outputs.hidden_states) - 1)]
                 student_hidden = [student_hidden[i] for i in self._student_layers]
             x = LossInputs(outputs.logits, teacher_logits, labels, self.temperature, student_hidden,
-                           list(teacher_hidden.unbind(1)) if teacher_hidden is not None else None, self.projections)
+                           list(teacher_hidden.unbind(1)) if teacher_hidden is not None else None, self.projections,
+                           self.class_weights)
             loss, _ = combine(self.loss_weights, x, weight)
             return (loss, outputs) if return_outputs else loss
 
@@ -168,42 +174,72 @@ def student_stage(ctx: Any, out: Path) -> None:
             student.distill_projections = projections  # trained with the student, dropped before saving
     del teacher  # never beside the student while it trains
 
+    from distill.checkpointing import EpochStartRng, WallClockCheckpoint  # TrainerCallbacks: import transformers
+
     DistillTrainer = _trainer_class()
+    gold = [p["label"] for p in pool if p["label"] is not None]
+    metric = selection_metric(gold, len(names)) if gold else "accuracy"
+    weights_by_class = class_weights(gold, len(names), s.class_weights) if gold else None
     weights = np.ones(len(pool), dtype=np.float32)
     rounds: list[dict[str, Any]] = []
     t_start = time.perf_counter()
+    # Checkpoints per round (checkpoints/student/round-N), each epoch and every checkpoint_every_s()
+    # seconds, for this stage's inputs only: a killed stage resumes inside its last round.
+    ckpt_root = run / "checkpoints" / "student"
+    stage_digest = ctx.run.read()["stages"].get("student", {}).get("inputs_sha256", "")
+    _claim_checkpoints(ckpt_root, stage_digest)
+    train_log = run / "logs" / "train.jsonl"
     for rnd in range(1, d.rounds + 1):
+        rdir = ckpt_root / f"round-{rnd}"
+        finished = _finished_round(rdir)
+        if finished is not None:  # trained by an earlier attempt: its weights, not a retraining
+            _load_weights(student, rdir / FINAL / WEIGHTS)
+            rounds.append(finished)
+            log.info("student round %d: finished by an earlier attempt; its weights reused", rnd)
+            if rnd < d.rounds:
+                pool, soft, weights = _next_round(run, r, student, tok, pool, soft, weights, max_length, rnd)
+            continue
         t0 = time.perf_counter()
         hidden = _pooled_teacher_hidden(run, [p["text"] for p in pool], hidden_layers, max_length) if need_hidden else None
         rows = _round_rows(pool, soft, weights, hidden)
         cols = ["labels", "teacher_logits", "weight", "idx"] + (["teacher_hidden"] if hidden is not None else [])
         train_ds = tokenized(tok, rows, max_length, cols)
         sampler = make_sampler(d.curriculum, np.asarray([rw["teacher_logits"] for rw in rows]),
-                               [len(x) for x in train_ds["input_ids"]], s.batch_size * s.grad_accum, s.epochs,
+                               [len(x) for x in train_ds["input_ids"]], s.batch_size * s.grad_accum,
+                               effective_epochs(s, len(rows), world_size()),
                                r.seed + rnd)
-        callbacks = [jsonl_logger(run / "logs" / "train.jsonl", "student"), step_callback("student")]
+        resume_from = _start_round(rdir, stage_digest, train_log)
+        callbacks = [jsonl_logger(train_log, "student"), step_callback("student")]
         if sampler is not None and d.curriculum.scorer == "self-paced":
             callbacks.append(_self_paced_callback(sampler, tok, rows, max_length, d.temperature))
-        ckpt = run / "checkpoints" / "student"
-        shutil.rmtree(ckpt, ignore_errors=True)
+            callbacks.append(_epoch_scores_callback(sampler, rdir))  # after it: the scores it set, kept
+        callbacks += [WallClockCheckpoint(checkpoint_every_s()), EpochStartRng(rdir)]
+        args = enable_checkpoints(training_arguments(s, rdir, device, r.seed + rnd, has_eval=bool(val), save=False,
+                                                     n_rows=len(rows), metric=metric))
         trainer = DistillTrainer(
             model=student,
-            args=training_arguments(s, ckpt, device, r.seed + rnd, has_eval=bool(val), save=False),
+            args=args,
             train_dataset=train_ds,
             eval_dataset=tokenized(tok, val, max_length, ["label"]).rename_column("label", "labels") if val else None,
             data_collator=_collator(tok), compute_metrics=compute_metrics_fn(len(names)), callbacks=callbacks,
-            loss_weights=d.losses, temperature=d.temperature, curriculum=sampler, projections=projections)
+            loss_weights=d.losses, temperature=d.temperature, curriculum=sampler, projections=projections,
+            class_weights=weights_by_class)
         trainer._student_layers = student_layers
-        result = trainer.train()
+        quiet_trainer(trainer, f"student round {rnd}")
+        resumed_step = checkpoint_step(resume_from) if resume_from else None
+        if resume_from:
+            log.info("student round %d: resuming from %s", rnd, resume_from)
+        result = trainer.train(resume_from_checkpoint=resume_from)
         student = trainer.model
-        val_m, _ = evaluate_rows(student, tok, val, max_length, len(names)) if val else ({}, None)
-        test_m, _ = evaluate_rows(student, tok, test, max_length, len(names))
-        rounds.append({"round": rnd, "pool": len(pool), "steps": result.global_step, "train_loss": result.training_loss,
+        val_m, _ = evaluate_rows(student, tok, val, max_length, len(names), "student: validation") if val else ({}, None)
+        test_m, _ = evaluate_rows(student, tok, test, max_length, len(names), "student: test")
+        rounds.append({"round": rnd, "pool": len(pool), "steps": result.global_step,
+                       "train_loss": _attempt_train_loss(result, resumed_step), "resumed_from_step": resumed_step,
                        "validation": val_m, "test": test_m, "wall_s": round(time.perf_counter() - t0, 1)})
         log.info("student round %d: validation %.4f, test %.4f", rnd, val_m.get("accuracy", float("nan")), test_m["accuracy"])
+        _finish_round(rdir, student, rounds[-1])
         if rnd < d.rounds:
             pool, soft, weights = _next_round(run, r, student, tok, pool, soft, weights, max_length, rnd)
-    shutil.rmtree(run / "checkpoints" / "student", ignore_errors=True)
 
     if hasattr(student, "distill_projections"):
         del student.distill_projections
@@ -215,6 +251,7 @@ def student_stage(ctx: Any, out: Path) -> None:
                "parameters": count_parameters(student), "teacher_parameters": tmetrics.get("parameters"),
                "max_length": max_length, "device": device.device, "precision": device.precision,
                "losses": d.losses, "temperature": d.temperature, "curriculum": d.curriculum.model_dump(),
+               "selection_metric": metric, "class_weights": weights_by_class, "min_steps": s.min_steps,
                "rounds": rounds, "validation": final["validation"], "test": final["test"],
                "teacher_test": tmetrics["test"], "wall_s": round(time.perf_counter() - t_start, 1)}
     metrics["kept_of_teacher"] = final["test"]["accuracy"] / max(tmetrics["test"]["accuracy"], 1e-9)
@@ -222,6 +259,7 @@ def student_stage(ctx: Any, out: Path) -> None:
     from distill.model_card import write_card
 
     write_card(out, r, metrics, names)
+    shutil.rmtree(ckpt_root, ignore_errors=True)  # the stage is complete: no resume needs them
 
 
 def drop_noisy_labels(pool: list[dict[str, Any]], flagged: list[dict[str, Any]]) -> int:
@@ -289,3 +327,113 @@ def _next_round(run: Path, r: Any, student: Any, tok: Any, pool: list[dict[str, 
     weights = np.concatenate([weights, np.full(len(made), 2.0, dtype=np.float32)])
     log.info("round %d: %d hardest examples re-augmented into %d new texts", rnd, len(hard), len(made))
     return pool, soft, weights
+
+
+# --- checkpoints of the student stage (see distill/checkpointing.py) ---------------------------------
+
+FINAL = "final"  # round-N/final: a finished round's weights and its `rounds` entry
+WEIGHTS = "model.safetensors"
+ROUND_INFO = "round.json"
+LOG_OFFSET = "train_log.offset"  # byte offset in logs/train.jsonl where the round's first attempt began
+
+
+def _claim_checkpoints(root: Path, stage_digest: str) -> None:
+    """Keep checkpoints/student only if it was written for these stage inputs; else start it afresh."""
+    if is_rank_zero():
+        marker = root / MARKER
+        if not marker.exists() or marker.read_text().strip() != stage_digest:
+            shutil.rmtree(root, ignore_errors=True)
+            root.mkdir(parents=True, exist_ok=True)
+            marker.write_text(stage_digest)
+    barrier()
+
+
+def _finished_round(rdir: Path) -> Optional[dict[str, Any]]:
+    final = rdir / FINAL
+    if (final / WEIGHTS).exists() and (final / ROUND_INFO).exists():
+        return json.loads((final / ROUND_INFO).read_text())
+    return None
+
+
+def _load_weights(student: Any, path: Path) -> None:
+    """A finished round's weights, projections (if any) included, into the student, exactly."""
+    from safetensors.torch import load_model
+
+    load_model(student, str(path), strict=True)
+
+
+def _finish_round(rdir: Path, student: Any, entry: dict[str, Any]) -> None:
+    """Record a trained round (its weights and `rounds` entry) so a resumed stage never retrains it,
+    then drop its Trainer checkpoints. Written into a temporary folder renamed into place: a round is
+    finished only once both files are complete."""
+    from safetensors.torch import save_model
+
+    if is_rank_zero():
+        tmp = rdir / f".{FINAL}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_model(student, str(tmp / WEIGHTS))
+        (tmp / ROUND_INFO).write_text(json.dumps(entry, indent=2) + "\n")
+        shutil.rmtree(rdir / FINAL, ignore_errors=True)
+        tmp.rename(rdir / FINAL)
+        for ckpt in rdir.glob("checkpoint-*"):
+            shutil.rmtree(ckpt, ignore_errors=True)
+    barrier()
+
+
+def _start_round(rdir: Path, stage_digest: str, train_log: Path) -> Optional[str]:
+    """The checkpoint this round resumes from (None: it starts at step 0 in a fresh folder).
+
+    An earlier, killed attempt at the round logged into logs/train.jsonl from the offset recorded
+    in the round's folder: its student rows past the step resumed from (all of them when there is
+    no checkpoint) are dropped, so the log reads as one run.
+    """
+    resume_from = None
+    if is_rank_zero():
+        resume_from = resume_checkpoint(rdir, stage_digest)
+        marker, offset = rdir / MARKER, rdir / LOG_OFFSET
+        if marker.exists() and marker.read_text().strip() == stage_digest and offset.exists():
+            trim_train_log(train_log, "student", checkpoint_step(resume_from) if resume_from else 0,
+                           int(offset.read_text()))
+        if resume_from is None:
+            shutil.rmtree(rdir, ignore_errors=True)
+            rdir.mkdir(parents=True)
+            marker.write_text(stage_digest)
+            offset.write_text(str(train_log.stat().st_size if train_log.exists() else 0))
+    return from_rank_zero(resume_from)
+
+
+def _attempt_train_loss(result: Any, resumed_step: Optional[int]) -> Optional[float]:
+    """The mean training loss over the steps this attempt ran. The Trainer's training_loss divides
+    the losses summed since the resume by every step of the round; the losses before the resume are
+    not in its checkpoint, so a resumed round reports the mean from resumed_from_step on (None when
+    the checkpoint was the round's last step: nothing trained in this attempt)."""
+    if not resumed_step:
+        return result.training_loss
+    if result.global_step <= resumed_step:
+        return None
+    return result.training_loss * result.global_step / (result.global_step - resumed_step)
+
+
+def _epoch_scores_callback(sampler: Any, rdir: Path):
+    """Self-paced curriculum: keep the scores each epoch began with (round-N/scores-epoch-E.npy).
+
+    The sampler's order within an epoch is a function of (seed, epoch, scores), and self-paced scores
+    come from the student's weights at the epoch's start. A round resumed mid-epoch has later weights,
+    so the scores its epoch began with are read back from the file, written before any checkpoint of
+    that epoch; without it, the resumed epoch would draw its remaining batches in another order.
+    """
+    from transformers import TrainerCallback
+
+    class EpochScores(TrainerCallback):
+        def on_epoch_begin(self, args, state, control, **kwargs):  # noqa: ANN001 - Trainer's signature
+            path = rdir / f"scores-epoch-{int(state.epoch or 0)}.npy"
+            if path.exists():
+                sampler.update_scores(np.load(path))
+            elif is_rank_zero():
+                tmp = path.with_name(f".{path.name}.tmp")
+                with open(tmp, "wb") as f:
+                    np.save(f, np.asarray(sampler.scores))
+                tmp.rename(path)
+
+    return EpochScores()

@@ -12,14 +12,18 @@ from typing import Any
 
 import numpy as np
 
+from distill.checkpointing import (EpochStartRng, WallClockCheckpoint, checkpoint_every_s, checkpoint_step,
+                                   prepare_checkpoints, trim_train_log)
 from distill.data.prepare import read_labels, read_split
 from distill.device import choose_device
 from distill.errors import DistillError
 from distill.faults import step_callback
 from distill.modeling import count_parameters, load_classifier, load_tokenizer, num_layers
+from distill.progress import quiet_trainer
 from distill.rundir import digest
-from distill.training import (compute_metrics_fn, evaluate_rows, jsonl_logger, last_checkpoint, pick_max_length,
-                              tokenized, training_arguments)
+from distill.training import (class_weights, compute_metrics_fn, evaluate_rows, jsonl_logger,
+                              pick_max_length, planned_steps, selection_metric, tokenized, training_arguments,
+                              truncated_share, validation_curve, weighted_cross_entropy)
 
 log = logging.getLogger(__name__)
 
@@ -93,41 +97,54 @@ def teacher_stage(ctx: Any, out: Path) -> None:
     if t.train:
         ckpt_dir = ctx.run.path / "checkpoints" / "teacher"
         stage_digest = ctx.run.read()["stages"].get("teacher", {}).get("inputs_sha256", "")
-        resume_from = last_checkpoint(ckpt_dir, stage_digest)
-        if not resume_from:
-            shutil.rmtree(ckpt_dir, ignore_errors=True)
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        (ckpt_dir / "inputs.sha256").write_text(stage_digest)
-        callbacks = [jsonl_logger(ctx.run.path / "logs" / "train.jsonl", "teacher"), step_callback("teacher")]
+        resume_from = prepare_checkpoints(ckpt_dir, stage_digest)
+        train_log = ctx.run.path / "logs" / "train.jsonl"
+        # The killed attempt's rows past the checkpoint (all earlier teacher rows on a fresh start)
+        # go, so the log, and training.png, read as one run.
+        trim_train_log(train_log, "teacher", checkpoint_step(resume_from) if resume_from else 0)
+        callbacks = [jsonl_logger(train_log, "teacher"), step_callback("teacher"),
+                     WallClockCheckpoint(checkpoint_every_s()), EpochStartRng(ckpt_dir)]
         if t.early_stopping_patience and val:
             callbacks.append(EarlyStoppingCallback(early_stopping_patience=t.early_stopping_patience))
+        gold = [row["label"] for row in train]
+        metric = selection_metric(gold, len(names))
+        weights = class_weights(gold, len(names), t.class_weights)
         trainer = Trainer(
             model=model,
-            args=training_arguments(t, ckpt_dir, device, r.seed, has_eval=bool(val)),
+            args=training_arguments(t, ckpt_dir, device, r.seed, has_eval=bool(val), n_rows=len(train), metric=metric),
+            compute_loss_func=weighted_cross_entropy(weights) if weights else None,
             train_dataset=tokenized(tok, train, max_length, ["label"]).rename_column("label", "labels"),
             eval_dataset=tokenized(tok, val, max_length, ["label"]).rename_column("label", "labels") if val else None,
             data_collator=DataCollatorWithPadding(tok),
             compute_metrics=compute_metrics_fn(len(names)),
             callbacks=callbacks,
         )
+        quiet_trainer(trainer, "teacher")
         if resume_from:
             log.info("teacher: resuming from %s", resume_from)
         result = trainer.train(resume_from_checkpoint=resume_from)
         model = trainer.model
         train_info.update(steps=result.global_step, train_loss=result.training_loss, world_size=trainer.args.world_size,
-                          best_checkpoint=Path(trainer.state.best_model_checkpoint or "").name or None)
+                          best_checkpoint=Path(trainer.state.best_model_checkpoint or "").name or None,
+                          epochs_run=round(float(trainer.state.epoch or 0), 2),
+                          steps_from_epochs=planned_steps(t, len(train), trainer.args.world_size)[0],
+                          min_steps=t.min_steps, selection_metric=metric, class_weights=weights,
+                          validation_curve=validation_curve(trainer.state.log_history, metric))
     train_info["wall_s"] = round(time.perf_counter() - t0, 1)
 
     if t.lora and t.quantization == "none":
         model = model.merge_and_unload()  # a plain model: exportable, loadable without peft
     model.eval()
-    metrics: dict[str, Any] = {"model": t.model, "max_length": max_length, "device": device.device,
+    metrics: dict[str, Any] = {"model": t.model, "max_length": max_length,
+                               "truncated_share": truncated_share(tok, [row["text"] for row in train], max_length),
+                               "device": device.device,
                                "precision": device.precision, "train": train_info,
                                "parameters": count_parameters(model), "layers": num_layers(model)}
     t1 = time.perf_counter()
-    metrics["validation"], _ = evaluate_rows(model, tok, val, max_length, len(names)) if val else ({}, None)
-    metrics["test"], _ = evaluate_rows(model, tok, test, max_length, len(names))
-    noise_metrics, train_logits = evaluate_rows(model, tok, train, max_length, len(names))
+    metrics["validation"], _ = evaluate_rows(model, tok, val, max_length, len(names), "teacher: validation") if val else ({}, None)
+    metrics["test"], _ = evaluate_rows(model, tok, test, max_length, len(names), "teacher: test")
+    noise_metrics, train_logits = evaluate_rows(model, tok, train, max_length, len(names),
+                                                 "teacher: training rows (label noise)")
     metrics["train_fit"] = {k: noise_metrics[k] for k in ("accuracy", "n")}
     metrics["eval_wall_s"] = round(time.perf_counter() - t1, 1)
     noisy = label_noise(train, train_logits, names, r.data.label_noise_threshold)

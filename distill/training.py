@@ -29,6 +29,15 @@ def pick_max_length(tokenizer: Any, texts: Sequence[str], requested: Optional[in
     return int(min(limit, max(8, math.ceil(p95 / 8) * 8)))
 
 
+def truncated_share(tokenizer: Any, texts: Sequence[str], max_length: int) -> float:
+    """Fraction of texts (the first 5,000) whose token length exceeds max_length."""
+    sample = list(texts[:5000])
+    if not sample:
+        return 0.0
+    lengths = [len(ids) for ids in tokenizer(sample, add_special_tokens=True)["input_ids"]]
+    return round(float(np.mean([n > max_length for n in lengths])), 4)
+
+
 def tokenized(tokenizer: Any, rows: Sequence[dict[str, Any]], max_length: int, columns: Iterable[str] = ()) -> Any:
     """A datasets.Dataset of input_ids/attention_mask (unpadded; the collator pads per batch) plus columns."""
     from datasets import Dataset, disable_progress_bars
@@ -61,16 +70,84 @@ def compute_metrics_fn(num_labels: int):
     return compute
 
 
+SKEWED_RATIO = 3.0  # largest / smallest class in the training rows at or above which classes count as skewed
+
+
+def class_skew(labels: Sequence[int], num_labels: int) -> float:
+    """Largest over smallest class count among the training labels (inf when a class has no row)."""
+    counts = np.bincount(np.asarray([y for y in labels if y is not None and y >= 0], dtype=int), minlength=num_labels)
+    return float(counts.max() / counts.min()) if counts.min() > 0 else float("inf")
+
+
+def selection_metric(labels: Sequence[int], num_labels: int) -> str:
+    """What early stopping and the best checkpoint go by: macro-F1 where classes are skewed (accuracy
+    there rewards a model that never predicts the small classes), else accuracy."""
+    return "macro_f1" if class_skew(labels, num_labels) >= SKEWED_RATIO else "accuracy"
+
+
+def class_weights(labels: Sequence[int], num_labels: int, mode: str) -> Optional[list[float]]:
+    """Per-class loss weights: "balanced" = n / (classes x count), as scikit-learn defines it; None for "none"."""
+    if mode == "none":
+        return None
+    counts = np.bincount(np.asarray([y for y in labels if y is not None and y >= 0], dtype=int), minlength=num_labels)
+    counts = np.maximum(counts, 1)
+    return (counts.sum() / (num_labels * counts)).astype(float).tolist()
+
+
+def weighted_cross_entropy(weights: Sequence[float]):
+    """The Trainer's `compute_loss_func`: cross-entropy with per-class weights."""
+    import torch
+
+    w = torch.tensor(list(weights), dtype=torch.float32)
+
+    def loss(outputs: Any, labels: Any, num_items_in_batch: Any = None) -> Any:
+        logits = outputs["logits"] if isinstance(outputs, dict) else outputs.logits
+        return torch.nn.functional.cross_entropy(logits.float(), labels, weight=w.to(logits.device))
+
+    return loss
+
+
+def validation_curve(log_history: Sequence[dict[str, Any]], metric: str) -> list[dict[str, Any]]:
+    """The validation metric at each evaluation of a Trainer run: [{step, epoch, value}]."""
+    key = f"eval_{metric}"
+    return [{"step": h.get("step"), "epoch": round(float(h.get("epoch") or 0), 2), "value": round(float(h[key]), 4)}
+            for h in log_history if key in h]
+
+
+def planned_steps(cfg: Any, n_rows: int, world_size: int = 1) -> tuple[int, Optional[int]]:
+    """(optimizer steps the epochs give, the max_steps override when that is under cfg.min_steps).
+
+    Training length follows the data: `epochs` passes, but never fewer than `min_steps` optimizer
+    updates (a 1,500-row data set gets ~47 steps from one epoch, too few to fit a classifier head
+    and adapt the encoder); early stopping on validation ends it when more would not help.
+    """
+    per_epoch = max(1, math.ceil(n_rows / (cfg.batch_size * cfg.grad_accum * world_size)))
+    steps = math.ceil(cfg.epochs * per_epoch)
+    floor = getattr(cfg, "min_steps", 0) or 0
+    return steps, (floor if steps < floor else None)
+
+
+def effective_epochs(cfg: Any, n_rows: int, world_size: int = 1) -> float:
+    """The passes over the data that training will make: `epochs`, or more where min_steps decides."""
+    steps, floor = planned_steps(cfg, n_rows, world_size)
+    return cfg.epochs if floor is None else cfg.epochs * floor / steps
+
+
 def training_arguments(cfg: Any, output_dir: Path, device: DeviceChoice, seed: int, *, has_eval: bool,
-                       save: bool = True) -> Any:
+                       save: bool = True, n_rows: Optional[int] = None, metric: str = "accuracy") -> Any:
     from transformers import TrainingArguments
 
     strategy = ("steps" if cfg.eval_steps else "epoch") if has_eval else "no"
+    from distill.distributed import world_size
+
+    max_steps = planned_steps(cfg, n_rows, world_size())[1] if n_rows else None
     return TrainingArguments(
         output_dir=str(output_dir),
         num_train_epochs=cfg.epochs,
+        max_steps=max_steps or -1,
         learning_rate=cfg.learning_rate,
         per_device_train_batch_size=cfg.batch_size,
+        group_by_length=bool(getattr(cfg, "group_by_length", False)),
         per_device_eval_batch_size=max(cfg.batch_size, 64),
         gradient_accumulation_steps=cfg.grad_accum,
         weight_decay=cfg.weight_decay,
@@ -82,7 +159,7 @@ def training_arguments(cfg: Any, output_dir: Path, device: DeviceChoice, seed: i
         save_steps=cfg.eval_steps,
         save_total_limit=2,
         load_best_model_at_end=has_eval and save,
-        metric_for_best_model="accuracy" if has_eval else None,
+        metric_for_best_model=metric if has_eval else None,
         greater_is_better=True,
         logging_steps=10,
         report_to=[],
@@ -115,26 +192,31 @@ def jsonl_logger(path: Path, stage: str):
 
 
 def predict_logits(model: Any, tokenizer: Any, texts: Sequence[str], max_length: int,
-                   batch_size: int = 64) -> np.ndarray:
-    """Logits for texts, batched in order of length (less padding), returned in the input order."""
+                   batch_size: int = 64, description: str = "predicting") -> np.ndarray:
+    """Logits for texts, batched in order of length (less padding), returned in the input order.
+
+    description names the pass's progress line (counted in texts) where the CLI shows one."""
     import torch
+
+    from distill import progress
 
     model.eval()
     device = next(model.parameters()).device
     order = np.argsort([len(t) for t in texts], kind="stable")
     out = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
-    with torch.inference_mode():
+    with torch.inference_mode(), progress.task(description, total=len(texts)) as advance:
         for start in range(0, len(texts), batch_size):
             idx = order[start:start + batch_size]
             batch = tokenizer([texts[i] for i in idx], truncation=True, max_length=max_length, padding=True,
                               return_tensors="pt").to(device)
             out[idx] = model(**batch).logits.float().cpu().numpy()
+            advance(len(idx))
     return out
 
 
 def evaluate_rows(model: Any, tokenizer: Any, rows: Sequence[dict[str, Any]], max_length: int,
-                  num_labels: int) -> tuple[dict[str, Any], np.ndarray]:
-    logits = predict_logits(model, tokenizer, [r["text"] for r in rows], max_length)
+                  num_labels: int, description: str = "evaluating") -> tuple[dict[str, Any], np.ndarray]:
+    logits = predict_logits(model, tokenizer, [r["text"] for r in rows], max_length, description=description)
     return classification_metrics([r["label"] for r in rows], logits.argmax(-1), num_labels), logits
 
 

@@ -68,12 +68,22 @@ def load_torch_classifier(model_dir: Path):
     return model.eval()
 
 
-def torch_logits(model, batches: list[Batch]) -> np.ndarray:
+def _size(batch: Batch) -> int:
+    return len(batch["input_ids"])
+
+
+def _texts(batches: list[Batch]) -> int:
+    return sum(_size(b) for b in batches)
+
+
+def torch_logits(model, batches: list[Batch], description: str = "PyTorch reference") -> np.ndarray:
     import torch
+
+    from distill import progress
 
     outs = []
     with torch.inference_mode():
-        for b in batches:
+        for b in progress.track(batches, total=_texts(batches), description=description, size=_size):
             outs.append(model(**{k: torch.from_numpy(v) for k, v in b.items()}).logits.float().numpy())
     return np.concatenate(outs) if outs else np.zeros((0, model.config.num_labels), np.float32)
 
@@ -86,10 +96,17 @@ def session(path: Path):
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def onnx_logits(path: Path, batches: list[Batch]) -> np.ndarray:
+def onnx_logits(path: Path, batches: list[Batch], description: str | None = None) -> np.ndarray:
+    """Logits of the ONNX file on the batches; one progress line (in texts) named description,
+    by default after the file."""
+    from distill import progress
+
     sess = session(path)
     names = [i.name for i in sess.get_inputs()]
-    outs = [sess.run(["logits"], {n: b.get(n, np.zeros_like(b["input_ids"])).astype(np.int64) for n in names})[0] for b in batches]
+    passes = progress.track(batches, total=_texts(batches), size=_size,
+                            description=description or f"ONNX Runtime {Path(path).name}")
+    outs = [sess.run(["logits"], {n: b.get(n, np.zeros_like(b["input_ids"])).astype(np.int64) for n in names})[0]
+            for b in passes]
     return np.concatenate(outs) if outs else np.zeros((0, sess.get_outputs()[0].shape[-1] or 0), np.float32)
 
 

@@ -77,7 +77,7 @@ def test_run_writes_resolved_recipe_and_refuses_to_mix_runs(tmp_path, tiny_bert)
     csv = write_csv(tmp_path, corpus(4))
     base = ["run", "--models-dir", str(tmp_path)]
     for s in ("name=t1", f"data.source={csv}", f"teacher.model={tiny_bert}", "student.layers=[0]",
-              "teacher.epochs=1", "student.epochs=1"):
+              "teacher.epochs=1", "student.epochs=1", "teacher.min_steps=0", "student.min_steps=0"):
         base += ["--set", s]
     r = invoke(*base)
     assert r.exit_code == 0, r.output

@@ -12,7 +12,8 @@ from distill.cli import app
 from distill.recipe import load_recipe
 
 FAST = ["data.augment.multiplier=0", "teacher.epochs=4", "teacher.warmup_ratio=0", "teacher.early_stopping_patience=0", "student.epochs=2", "teacher.batch_size=8", "student.batch_size=8",
-        "student.layers=[1]", "teacher.learning_rate=5e-3", "student.learning_rate=5e-3"]
+        "student.layers=[1]", "teacher.learning_rate=5e-3", "student.learning_rate=5e-3",
+        "teacher.min_steps=0", "student.min_steps=0"]
 
 
 @pytest.fixture(scope="module")

@@ -197,7 +197,7 @@ def test_distill_run_with_a_prompted_teacher(tmp_path, tiny_llama, tiny_bert):
     sets = [f"data.source={csv}", "data.augment.multiplier=0", "name=p", "teacher.kind=prompted", f"teacher.model={folder}",
             "teacher.prompt.shots=2", "teacher.prompt.verbalizers={neg: terrible, pos: good}", "teacher.batch_size=8",
             "student.init=pretrained", f"student.model={tiny_bert}", "student.epochs=1", "student.batch_size=8",
-            "student.learning_rate=5e-3", "distill.rounds=2"]
+            "student.learning_rate=5e-3", "distill.rounds=2", "student.min_steps=0"]
     for s in sets:
         args += ["--set", s]
     r = CliRunner().invoke(app, args)

@@ -103,3 +103,21 @@ def test_lock_clears_leftover_temporaries(tmp_path):
     (rd.path / ".student.tmp-999" / "half.bin").write_bytes(b"x")
     with rd.lock():
         assert not (rd.path / ".student.tmp-999").exists()
+
+
+def test_a_run_that_completed_no_stage_does_not_block_the_rerun(tmp_path):
+    rd = RunDir.prepare(tmp_path / "run")
+
+    def bad_column(out):
+        raise RunDirError("no label column")
+
+    with pytest.raises(RunDirError):
+        rd.run_stage("data", {}, bad_column, resume=False)
+    (rd.path / "logs").mkdir()
+    (rd.path / "logs" / "train.jsonl").write_text("{}\n")
+    again = RunDir.prepare(tmp_path / "run")  # no --force needed: nothing was completed
+    assert not (again.path / "logs").exists() and not (again.path / "run.json").exists()
+    # A stage left "running" by a killed process keeps its checkpoints for --resume: still refused.
+    again._update_stage("teacher", status="running")
+    with pytest.raises(RunDirError, match="--resume"):
+        RunDir.prepare(tmp_path / "run")

@@ -60,10 +60,12 @@ def corpus_vocab(texts: Iterable[str], size: int = 5000) -> list[str]:
 def augment(texts: Sequence[str], *, ops: Sequence[str], rate: float, multiplier: int, seed: int,
             vocab: Sequence[str], exclude: set[str] | None = None) -> list[tuple[str, int]]:
     """(augmented text, index of its source) pairs; exact copies of existing texts are skipped."""
+    from distill import progress
+
     rng = random.Random(seed)
     seen = set(texts) | (exclude or set())
     out: list[tuple[str, int]] = []
-    for i, text in enumerate(texts):
+    for i, text in progress.track(enumerate(texts), total=len(texts), description="augmenting"):
         tokens = text.split()
         if len(tokens) < 2:
             continue

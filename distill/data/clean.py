@@ -3,21 +3,37 @@
 Order: missing text/label -> HTML entities -> unicode NFKC -> control characters -> whitespace ->
 too short -> too long (truncated) -> exact duplicates -> normalized duplicates -> one text with
 conflicting labels (all its rows dropped and listed).
+
+A given test split (rows whose split column says test) is the data's own: its texts are normalized
+like every text, but no test row is dropped for being a duplicate, a near-duplicate, too short or
+having a conflicting label; those rows are counted instead, and training/validation copies of a test
+text are dropped from those splits.
 """
 
 from __future__ import annotations
 
 import html
+import logging
 import re
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 import pandas as pd
 
+log = logging.getLogger(__name__)
+
 _WS = re.compile(r"\s+")
 _NON_WORD = re.compile(r"[^\w]+")
+
+TEST_KEPT_KEYS = ("duplicate_exact", "duplicate_normalized", "conflicting_labels", "too_short", "also_in_train",
+                  "dropped_empty_text", "dropped_missing_label")
+TEST_KEPT_NOTE = ("Given test rows are scored as given: their text is normalized like every text (HTML entities, "
+                  "Unicode NFKC, control characters, whitespace; cut at data.max_chars), but none is dropped for being "
+                  "a duplicate, a near-duplicate, too short or having a conflicting label (counted here). Training and "
+                  "validation copies of a test text are dropped from those splits (also_in_train counts the test rows "
+                  "concerned). Rows with no text or no label cannot be scored and are dropped (dropped_*).")
 
 
 @dataclass
@@ -25,10 +41,14 @@ class CleanReport:
     dropped: Counter = field(default_factory=Counter)
     changed: Counter = field(default_factory=Counter)
     conflicts: list[dict[str, Any]] = field(default_factory=list)
+    test_kept: Optional[Counter] = None  # a given test split: what cleaning left in place, by reason
 
     def as_dict(self) -> dict[str, Any]:
-        return {"dropped": dict(sorted(self.dropped.items())), "changed": dict(sorted(self.changed.items())),
-                "conflicting_labels": self.conflicts[:50], "conflicting_texts": len(self.conflicts)}
+        out = {"dropped": dict(sorted(self.dropped.items())), "changed": dict(sorted(self.changed.items())),
+               "conflicting_labels": self.conflicts[:50], "conflicting_texts": len(self.conflicts)}
+        if self.test_kept is not None:
+            out["test_kept_as_given"] = {**{k: int(self.test_kept[k]) for k in TEST_KEPT_KEYS}, "note": TEST_KEPT_NOTE}
+        return out
 
 
 def _strip_controls(text: str) -> str:
@@ -65,31 +85,69 @@ def _label_str(value: Any) -> str | None:
 def clean_frame(frame: pd.DataFrame, *, min_chars: int, max_chars: int, report: CleanReport,
                 labelled: bool = True) -> pd.DataFrame:
     """Clean canonical rows (text, label[, group, split]); returns the kept rows, report updated in place."""
+    given_test = "split" in frame and bool((frame["split"] == "test").any())
+    if given_test:
+        report.test_kept = Counter({k: 0 for k in TEST_KEPT_KEYS})
+    df = _drop_unscorable(frame, report, labelled)
+    df = _normalize(df, min_chars, max_chars, report)
+    df = _dedupe_around_test(df, report, labelled) if given_test else _dedupe(df, report, labelled)
+    if given_test and (report.test_kept["dropped_empty_text"] or report.test_kept["dropped_missing_label"]):
+        log.warning("test: %d given rows dropped because they cannot be scored (%d with no text, %d with no label)",
+                    report.test_kept["dropped_empty_text"] + report.test_kept["dropped_missing_label"],
+                    report.test_kept["dropped_empty_text"], report.test_kept["dropped_missing_label"])
+    for k in [k for k, v in report.dropped.items() if v == 0]:
+        del report.dropped[k]
+    for k in [k for k, v in report.changed.items() if v == 0]:
+        del report.changed[k]
+    return df.reset_index(drop=True)
+
+
+def _is_test(df: pd.DataFrame) -> pd.Series:
+    return df["split"] == "test" if "split" in df else pd.Series(False, index=df.index)
+
+
+def _drop_unscorable(frame: pd.DataFrame, report: CleanReport, labelled: bool) -> pd.DataFrame:
     df = frame.copy()
     texts = df["text"].map(lambda t: t if isinstance(t, str) else None)
     missing = texts.isna()
     report.dropped["empty_text"] += int(missing.sum())
+    if report.test_kept is not None:
+        report.test_kept["dropped_empty_text"] += int((missing & _is_test(df)).sum())
     df = df[~missing].copy()
     df["text"] = texts[~missing]
     if labelled:
         labels = df["label"].map(_label_str)
         no_label = labels.isna()
         report.dropped["missing_label"] += int(no_label.sum())
+        if report.test_kept is not None:
+            report.test_kept["dropped_missing_label"] += int((no_label & _is_test(df)).sum())
         df = df[~no_label].copy()
         df["label"] = labels[~no_label]
+    return df
 
+
+def _normalize(df: pd.DataFrame, min_chars: int, max_chars: int, report: CleanReport) -> pd.DataFrame:
     df["text"] = [clean_text(t, report) for t in df["text"]]
-    short = df["text"].map(len) < min_chars
+    lengths = df["text"].map(len)
+    short = lengths < min_chars
+    if report.test_kept is not None:
+        test, empty = _is_test(df), lengths == 0
+        report.test_kept["too_short"] += int((short & test & ~empty).sum())
+        report.test_kept["dropped_empty_text"] += int((test & empty).sum())
+        short &= ~test | empty  # a short test text is still a text to score; an empty one is not
     report.dropped["too_short"] += int(short.sum())
     df = df[~short].copy()
     long = df["text"].map(len) > max_chars
     report.changed["truncated_too_long"] += int(long.sum())
     df.loc[long, "text"] = df.loc[long, "text"].map(lambda t: t[:max_chars])
+    return df
 
+
+def _dedupe(df: pd.DataFrame, report: CleanReport, labelled: bool) -> pd.DataFrame:
+    """Drop exact duplicates, every row of a text with conflicting labels, then near-duplicates."""
     label_cols = ["text", "label"] if labelled else ["text"]
     if "split" in df:
-        # With given splits, the copy in test/validation is kept and the training copy dropped:
-        # a text seen in training must not be scored as unseen.
+        # With given splits, the copy in validation is kept and the training copy dropped.
         rank = df["split"].map({"test": 0, "validation": 1, "train": 2})
         df = df.iloc[rank.argsort(kind="stable")]
     dup = df.duplicated(subset=label_cols, keep="first")
@@ -109,9 +167,30 @@ def clean_frame(frame: pd.DataFrame, *, min_chars: int, max_chars: int, report: 
     else:
         near = df.duplicated(subset=["_key"], keep="first")
     report.dropped["duplicate_normalized"] += int(near.sum())
-    df = df[~near].drop(columns="_key").sort_index()
-    for k in [k for k, v in report.dropped.items() if v == 0]:
-        del report.dropped[k]
-    for k in [k for k, v in report.changed.items() if v == 0]:
-        del report.changed[k]
-    return df.reset_index(drop=True)
+    return df[~near].drop(columns="_key").sort_index()
+
+
+def _dedupe_around_test(df: pd.DataFrame, report: CleanReport, labelled: bool) -> pd.DataFrame:
+    """Keep every given test row; drop train/validation copies of a test text (a text seen in training
+    must not be scored as unseen), then clean train/validation as usual."""
+    test, rest = df[_is_test(df)], df[~_is_test(df)]
+    keys, rest_keys = test["text"].map(normalized_key), rest["text"].map(normalized_key)
+    seen = rest_keys.isin(set(keys))
+    report.dropped["also_in_test"] += int(seen.sum())
+    report.test_kept["also_in_train"] += int(keys.isin(set(rest_keys)).sum())
+    _count_test_duplicates(test, keys, report.test_kept, labelled)
+    return pd.concat([test, _dedupe(rest[~seen], report, labelled)]).sort_index()
+
+
+def _count_test_duplicates(test: pd.DataFrame, keys: pd.Series, counts: Counter, labelled: bool) -> None:
+    """What the usual cleaning would have dropped within the test split, counted in its order."""
+    exact = test.duplicated(subset=["text", "label"] if labelled else ["text"], keep="first")
+    counts["duplicate_exact"] += int(exact.sum())
+    rows = test[~exact].assign(_key=keys[~exact])
+    if labelled:
+        n_labels = rows.groupby("_key")["label"].nunique()
+        bad = rows["_key"].isin(set(n_labels[n_labels > 1].index))
+        counts["conflicting_labels"] += int(bad.sum())
+        rows = rows[~bad]
+    near = rows.duplicated(subset=["_key", "label"] if labelled else ["_key"], keep="first")
+    counts["duplicate_normalized"] += int(near.sum())

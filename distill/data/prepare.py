@@ -37,8 +37,9 @@ def prepare(data: Any, seed: int) -> Prepared:
     rows_read = len(loaded.frame) + sum(loaded.dropped.values())
     df = clean_frame(loaded.frame, min_chars=data.min_chars, max_chars=data.max_chars, report=rep)
     grouped = loaded.group_by is not None
+    carved: dict[str, dict[str, Any]] = {}
     if loaded.given_splits:
-        parts = given_splits(df, data.splits, data.split_seed, grouped, loaded.source)
+        parts, carved = given_splits(df, data.splits, data.split_seed, grouped, loaded.source, loaded.carve_test)
     else:
         if df["label"].nunique() < 2:
             check_splits({"train": df, "validation": df.iloc[0:0], "test": df.iloc[0:0]}, loaded.source)
@@ -96,6 +97,10 @@ def prepare(data: Any, seed: int) -> Prepared:
         "transfer": {"rows": len(transfer), "with_gold": int(transfer["gold"].notna().sum())},
         "augmented": len(augmented),
     }
+    for name, info in carved.items():
+        report[f"{name}_carved"] = info
+    if loaded.ignored_files is not None:
+        report["ignored_files"] = loaded.ignored_files
     if fs_info:
         report["few_shot"] = fs_info
     if extra_report:
@@ -153,9 +158,12 @@ def read_labels(folder: Path) -> list[str]:
 
 
 def source_fingerprint(data: Any) -> Optional[str]:
-    """sha256 of a local data file (a changed file must re-run the stage); None for builtins and folders."""
+    """sha256 of the local data (a changed file must re-run the stage); None for builtins."""
     from distill.rundir import hash_tree, sha256_file, digest
 
+    if data.train is not None:
+        files = {name: getattr(data, name) for name in SPLITS if getattr(data, name) is not None}
+        return digest({name: sha256_file(Path(p)) if Path(p).is_file() else None for name, p in files.items()})
     p = Path(data.source)
     if data.source.startswith("builtin:"):
         return None

@@ -1,4 +1,5 @@
-"""Read labelled text from a builtin dataset, a file (CSV, TSV, JSONL, Parquet) or a folder of split files.
+"""Read labelled text from a builtin dataset, a file (CSV, TSV, JSONL, Parquet), a folder of split files,
+or one file per split (data.train / data.validation / data.test).
 
 pandas does the reading (it is what `datasets`' CSV/JSON builders call underneath) because it lets
 us name the exact row of a decoding error and does not write a cache folder per file; the splits
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -24,6 +26,9 @@ FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".jso
            ".parquet": "parquet", ".pq": "parquet", ".txt": "txt"}
 SPLIT_NAMES = {"train": "train", "validation": "validation", "valid": "validation", "val": "validation",
                "dev": "validation", "test": "test"}
+# Name tokens that mark a file in a data folder as one split (`r8-train-all-terms.tsv`, `my.dev.jsonl`).
+SPLIT_TOKENS = {**SPLIT_NAMES, "training": "train", "testing": "test"}
+_TOKEN_SEP = re.compile(r"[^a-z0-9]+")
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,9 @@ class Loaded:
     given_splits: bool
     group_by: Optional[str]
     dropped: dict[str, int]
+    # Where a missing split may be carved from the train rows (data.train without data.test).
+    carve_test: bool = False
+    ignored_files: Optional[list[str]] = None  # a folder's files that name no split
 
 
 def detect_format(path: Path, fmt: str) -> str:
@@ -83,10 +91,12 @@ def _decode_error(path: Path, exc: UnicodeDecodeError, encoding: str) -> DataErr
                      "otherwise fix or remove that row.")
 
 
-def read_table(path: Path, fmt: str, encoding: str = "utf-8", **kwargs: Any) -> pd.DataFrame:
-    """Read one file into a DataFrame of strings, with a clear error for each way it can fail."""
+def read_table(path: Path, fmt: str, encoding: str = "utf-8", key: str = "data.source",
+               **kwargs: Any) -> pd.DataFrame:
+    """Read one file into a DataFrame of strings, with a clear error for each way it can fail (`key`: the
+    recipe key that named the file)."""
     if not path.exists():
-        raise DataError(f"{path}: no such file. Check data.source in the recipe (a path is relative to the "
+        raise DataError(f"{path}: no such file. Check {key} in the recipe (a path is relative to the "
                         "directory you run distill from), or use builtin:rotten-tomatoes, builtin:tweets-sentiment, "
                         "builtin:sms-spam.")
     if path.is_file() and path.stat().st_size == 0:
@@ -142,6 +152,8 @@ def _canonical(frame: pd.DataFrame, path: Path, text_col: Optional[str], label_c
 
 def load_source(data: Any) -> Loaded:
     """Load `data` (the recipe's Data section) into canonical rows."""
+    if data.train is not None:
+        return _load_split_files(data)
     src = data.source
     dropped: dict[str, int] = {}
     if src.startswith(BUILTIN):
@@ -177,31 +189,66 @@ def load_source(data: Any) -> Loaded:
     return Loaded(out, str(path), given, data.group_by, dropped)
 
 
-def _load_folder(folder: Path, data: Any) -> Loaded:
+def split_of(name: str) -> set[str]:
+    """The splits a file name names by its tokens (lowercased, split on non-alphanumerics)."""
+    return {SPLIT_TOKENS[t] for t in _TOKEN_SEP.split(name.lower()) if t in SPLIT_TOKENS}
+
+
+def _split_files(folder: Path) -> tuple[dict[str, Path], list[str]]:
     found: dict[str, Path] = {}
+    ignored: list[str] = []
     for p in sorted(folder.iterdir()):
-        stem = p.name.split(".")[0].lower()
-        if p.is_file() and stem in SPLIT_NAMES:
-            split = SPLIT_NAMES[stem]
-            if split in found:
-                raise DataError(f"{folder}: two files for the {split} split ({found[split].name}, {p.name}); keep one.")
-            found[split] = p
+        splits = split_of(p.name) if p.is_file() else set()
+        if len(splits) > 1:
+            raise DataError(f"{folder}: the file name {p.name!r} names more than one split "
+                            f"({', '.join(sorted(splits))}). Rename it, or set data.train / data.validation / "
+                            "data.test to the files in the recipe instead of data.source.")
+        if not splits:
+            ignored.append(p.name)
+            continue
+        split = splits.pop()
+        if split in found:
+            raise DataError(f"{folder}: two files for the {split} split ({found[split].name}, {p.name}). Keep one, "
+                            "or set data.train / data.validation / data.test to the files you mean in the recipe "
+                            "instead of data.source.")
+        found[split] = p
+    return found, ignored
+
+
+def _load_folder(folder: Path, data: Any) -> Loaded:
+    found, ignored = _split_files(folder)
     if "train" not in found:
-        raise DataError(f"{folder}: a data folder needs a train file (train.csv, train.jsonl, ...); it has "
-                        f"{', '.join(p.name for p in folder.iterdir()) or 'nothing'}.")
+        raise DataError(f"{folder}: a data folder needs a train file (a name with train or training in it: "
+                        f"train.csv, news-train.jsonl, ...); it has {', '.join(sorted(ignored)) or 'nothing'}. "
+                        "Rename the file, or set data.train and data.test to your files in the recipe.")
+    if ignored:
+        log.info("data: %s ignored (the name says no split: train, validation/valid/val/dev, test)", ", ".join(ignored))
     frames = []
     for split, p in found.items():
-        frame = read_table(p, data.format, data.encoding)
-        part = _canonical(frame, p, data.text_column, data.label_column, data.group_by)
-        part["split"] = split
-        frames.append(part)
-    return Loaded(pd.concat(frames, ignore_index=True), str(folder), True, data.group_by, {})
+        frames.append(_read_split(p, split, data, "data.source"))
+    return Loaded(pd.concat(frames, ignore_index=True), str(folder), True, data.group_by, {}, ignored_files=ignored)
+
+
+def _read_split(path: Path, split: str, data: Any, key: str) -> pd.DataFrame:
+    frame = read_table(path, data.format, data.encoding, key)
+    part = _canonical(frame, path, data.text_column, data.label_column, data.group_by)
+    part["split"] = split
+    return part
+
+
+def _load_split_files(data: Any) -> Loaded:
+    """data.train (+ data.validation, data.test): one file per split, any names; data.source unused."""
+    given = {name: getattr(data, name) for name in ("train", "validation", "test") if getattr(data, name) is not None}
+    frames = [_read_split(Path(p), name, data, f"data.{name}") for name, p in given.items()]
+    source = ", ".join(f"data.{name}={p}" for name, p in given.items())
+    return Loaded(pd.concat(frames, ignore_index=True), source, True, data.group_by, {},
+                  carve_test="test" not in given)
 
 
 def load_unlabeled(path_str: str, data: Any) -> list[str]:
     """Extra in-domain text: a .txt file (one text per line) or any table with the text column."""
     path = Path(path_str)
     fmt = detect_format(path, "auto")
-    frame = read_table(path, fmt, data.encoding)
+    frame = read_table(path, fmt, data.encoding, "data.unlabeled")
     col = "text" if fmt == "txt" else _pick(frame, data.text_column, "text", "text", path, "text_column")
     return [t for t in frame[col].tolist() if isinstance(t, str)]

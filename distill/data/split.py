@@ -26,6 +26,11 @@ def _stratify_ok(y: pd.Series, parts: int) -> bool:
     return y.value_counts().min() >= parts
 
 
+def _stratified(df: pd.DataFrame, frac: float, grouped: bool) -> bool:
+    """Whether _group_split can keep the label proportions (every class has enough rows or groups)."""
+    return bool(_stratify_ok(df["label"], max(2, int(round(1 / frac))) if grouped else 2))
+
+
 def _group_split(df: pd.DataFrame, frac: float, seed: int, grouped: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Split off about `frac` of df; with groups, whole groups move; stratified by label where possible."""
     from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold, train_test_split
@@ -38,14 +43,14 @@ def _group_split(df: pd.DataFrame, frac: float, seed: int, grouped: bool) -> tup
         if n_groups < n_splits:
             raise DataError(f"data.group_by: only {n_groups} groups, too few to hold out {frac:.0%} of them; "
                             "use a coarser split or no group_by.")
-        if _stratify_ok(df["label"], n_splits):
+        if _stratified(df, frac, grouped):
             sgkf = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
             keep, held = next(sgkf.split(df, df["label"], df["group"]))
         else:
             gss = GroupShuffleSplit(n_splits=1, test_size=frac, random_state=seed)
             keep, held = next(gss.split(df, groups=df["group"]))
         return df.iloc[keep], df.iloc[held]
-    strat = df["label"] if _stratify_ok(df["label"], 2) else None
+    strat = df["label"] if _stratified(df, frac, grouped) else None
     keep, held = train_test_split(np.arange(len(df)), test_size=frac, random_state=seed, stratify=strat)
     return df.iloc[np.sort(keep)], df.iloc[np.sort(held)]
 
@@ -58,16 +63,34 @@ def make_splits(df: pd.DataFrame, splits: Any, seed: int, grouped: bool) -> dict
     return {"train": train, "validation": val, "test": test}
 
 
-def given_splits(df: pd.DataFrame, splits: Any, seed: int, grouped: bool, source: str) -> dict[str, pd.DataFrame]:
-    """Respect the data's own splits; carve validation out of train when it is missing."""
+def given_splits(df: pd.DataFrame, splits: Any, seed: int, grouped: bool, source: str,
+                 carve_test: bool = False) -> tuple[dict[str, pd.DataFrame], dict[str, dict[str, Any]]]:
+    """Respect the data's own splits; carve a missing validation (and, with carve_test, test) split out of
+    train as make_splits would. Returns the splits and, per carved split, what was done."""
     out = {name: df[df["split"] == name].drop(columns="split") for name in ("train", "validation", "test")}
-    if out["test"].empty:
+    carved: dict[str, dict[str, Any]] = {}
+    if out["test"].empty and not carve_test:
         raise DataError(f"{source}: given splits have no test rows; add a test file/split, or remove the split "
                         "column to let distill split the data.")
+    if out["test"].empty:
+        # Without a given validation split the fractions are make_splits' own (test first, of all rows).
+        frac = splits.test if out["validation"].empty else splits.test / (splits.train + splits.test)
+        out["train"], out["test"], carved["test"] = _carve(out["train"], "test", frac, seed, grouped)
     if out["validation"].empty:
         val_frac = splits.validation / (splits.train + splits.validation)
-        out["train"], out["validation"] = _group_split(out["train"], val_frac, seed + 1, grouped)
-    return out
+        out["train"], out["validation"], carved["validation"] = _carve(out["train"], "validation", val_frac,
+                                                                       seed + 1, grouped)
+    return out, carved
+
+
+def _carve(train: pd.DataFrame, name: str, frac: float, seed: int,
+           grouped: bool) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+    stratified = frac > 0 and _stratified(train, frac, grouped)
+    kept, held = _group_split(train, frac, seed, grouped)
+    info = {"from": "train", "fraction": round(frac, 4), "rows": len(held), "stratified": stratified, "grouped": grouped}
+    log.info("%s: %d rows carved from the given train rows, %s; give data.%s to use your own", name, len(held),
+             "stratified by label" if stratified else "not stratified (a class has too few rows)", name)
+    return kept, held, info
 
 
 def check_splits(parts: dict[str, pd.DataFrame], source: str) -> None:
