@@ -438,6 +438,9 @@ def _classifier_part(model, inputs: Optional[Sequence[str]]):
     import onnx
 
     graph = model.graph
+    # One list of the node wrappers for the whole function: protobuf may hand out a new wrapper object
+    # on each access to graph.node, and the sets below key nodes by id().
+    nodes = list(graph.node)
     inits = {i.name for i in graph.initializer}
     string_inputs = [i.name for i in graph.input
                      if i.type.tensor_type.elem_type == onnx.TensorProto.STRING and i.name not in inits]
@@ -447,8 +450,8 @@ def _classifier_part(model, inputs: Optional[Sequence[str]]):
     graph_inputs = {i.name for i in graph.input if i.name not in inits}
     cut_set = set(cut)
     # front end: nodes that depend on the original inputs and feed the cut tensors
-    from_inputs = _forward(graph.node, graph_inputs)
-    producer = {o: n for n in graph.node for o in n.output if o}
+    from_inputs = _forward(nodes, graph_inputs)
+    producer = {o: n for n in nodes for o in n.output if o}
     front, stack = set(), [c for c in cut if c in producer]
     while stack:
         n = producer[stack.pop()]
@@ -457,16 +460,16 @@ def _classifier_part(model, inputs: Optional[Sequence[str]]):
         front.add(id(n))
         stack.extend(i for i in n.input if i in producer and i not in cut_set)
     # post-processing: custom-domain nodes after the classifier, and what depends on them
-    rest = [n for n in graph.node if id(n) not in front]
+    rest = [n for n in nodes if id(n) not in front]
     custom = [n for n in rest if n.domain not in _STANDARD_DOMAINS]
     post = _forward(rest, {o for n in custom for o in n.output}) | {id(n) for n in custom}
     kept = [n for n in rest if id(n) not in post]
-    dropped_inputs = {i for n in graph.node if id(n) in post for i in n.input}
+    dropped_inputs = {i for n in nodes if id(n) in post for i in n.input}
     graph_outputs = {g.name for g in graph.output}
     outputs = [o for n in kept for o in n.output if o and (o in dropped_inputs or o in graph_outputs)]
     if not outputs:
         raise ValueError("no classifier output left after cutting the graph; pass inputs= explicitly")
-    log.info("counting the classifier part: inputs %s, %d of %d nodes", cut, len(kept), len(graph.node))
+    log.info("counting the classifier part: inputs %s, %d of %d nodes", cut, len(kept), len(nodes))
 
     new = onnx.helper.make_graph(
         kept, graph.name,
@@ -491,15 +494,16 @@ def _tokenizer_outputs(model, string_inputs: set) -> list[str]:
     """The rank-2 tensors the tokenizer hands to the classifier (see the module docstring)."""
     graph = model.graph
     consts = _constants(model)
+    nodes = list(graph.node)  # one wrapper per node: tokenizer_ids below keys them by id()
     consumers: dict[str, list] = {}
-    for n in graph.node:
+    for n in nodes:
         for i in n.input:
             consumers.setdefault(i, []).append(n)
     ranks = {vi.name: len(vi.type.tensor_type.shape.dim) for vi in graph.value_info
              if vi.type.tensor_type.HasField("shape")}
     # the tokenizer: nodes reading a string input, and custom-domain nodes reading their outputs
     tokenizer, tensors = [], set(string_inputs)
-    for n in graph.node:
+    for n in nodes:
         if any(i in tensors for i in n.input) and (n.domain not in _STANDARD_DOMAINS or
                                                    any(i in string_inputs for i in n.input)):
             tokenizer.append(n)

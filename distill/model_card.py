@@ -22,7 +22,7 @@ def write_card(folder: Path, recipe: Any, metrics: dict[str, Any], names: list[s
         "---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "",
         f"# {recipe.name} student", "",
         f"Distilled with edge-distill {__version__} from the teacher `{recipe.teacher.model}` on "
-        f"`{recipe.data.source}` (split seed {recipe.data.split_seed}, seed {recipe.seed}).", "",
+        f"`{_data_name(recipe.data)}` (split seed {recipe.data.split_seed}, seed {recipe.seed}).", "",
         "| model | layers | parameters | test accuracy | test macro-F1 |",
         "|---|---|---|---|---|",
         f"| teacher | {metrics.get('teacher_layers')} | {metrics.get('teacher_parameters', 0):,} | "
@@ -38,3 +38,10 @@ def write_card(folder: Path, recipe: Any, metrics: dict[str, Any], names: list[s
         "## Recipe (resolved)", "", "```yaml", dump_recipe(recipe).strip(), "```", "",
     ]
     (folder / "README.md").write_text("\n".join(lines))
+
+
+def _data_name(data: Any) -> str:
+    """What the data was: the given split files when there are some, else data.source."""
+    if data.train:
+        return ", ".join(f"data.{k}={getattr(data, k)}" for k in ("train", "validation", "test") if getattr(data, k))
+    return data.source

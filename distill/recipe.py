@@ -160,6 +160,7 @@ class Student(Training):
     config: Optional[dict[str, Any]] = Field(None, description="Config overrides for init=config (e.g. num_hidden_layers, hidden_size).")
     learning_rate: float = Field(1e-4, gt=0, description="Peak AdamW learning rate.")
     epochs: float = Field(2.0, gt=0, description="Passes over the transfer pool.")
+    group_by_length: bool = Field(False, description="Batch texts of similar token length together: 1.5x faster on the default recipe's student, but test 80.9% vs 81.3% (validation 79.7% vs 79.3%) on seed 0, so off until an ablation over seeds decides.")
 
     @field_validator("layers")
     @classmethod
