@@ -73,9 +73,14 @@ def compute_metrics_fn(num_labels: int):
 SKEWED_RATIO = 3.0  # largest / smallest class in the training rows at or above which classes count as skewed
 
 
+def _class_counts(labels: Sequence[int], num_labels: int) -> np.ndarray:
+    """Rows per class among the gold labels (None and -100, i.e. no gold label, left out)."""
+    return np.bincount(np.asarray([y for y in labels if y is not None and y >= 0], dtype=int), minlength=num_labels)
+
+
 def class_skew(labels: Sequence[int], num_labels: int) -> float:
     """Largest over smallest class count among the training labels (inf when a class has no row)."""
-    counts = np.bincount(np.asarray([y for y in labels if y is not None and y >= 0], dtype=int), minlength=num_labels)
+    counts = _class_counts(labels, num_labels)
     return float(counts.max() / counts.min()) if counts.min() > 0 else float("inf")
 
 
@@ -89,8 +94,7 @@ def class_weights(labels: Sequence[int], num_labels: int, mode: str) -> Optional
     """Per-class loss weights: "balanced" = n / (classes x count), as scikit-learn defines it; None for "none"."""
     if mode == "none":
         return None
-    counts = np.bincount(np.asarray([y for y in labels if y is not None and y >= 0], dtype=int), minlength=num_labels)
-    counts = np.maximum(counts, 1)
+    counts = np.maximum(_class_counts(labels, num_labels), 1)
     return (counts.sum() / (num_labels * counts)).astype(float).tolist()
 
 
