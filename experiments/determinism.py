@@ -1,18 +1,18 @@
 """Is CPU training bit-reproducible? Trains the packaged minilm-l6 for a few steps with the Trainer
 and prints the final loss and a hash of the weights; run it twice (and with another thread count).
 
-    .venv/bin/python bench/determinism.py models/abl-s0-kd                        # twice: same hash?
-    OMP_NUM_THREADS=1 .venv/bin/python bench/determinism.py models/abl-s0-kd      # another thread count
+    .venv/bin/python experiments/determinism.py models/abl-s0-kd                        # twice: same hash?
+    OMP_NUM_THREADS=1 .venv/bin/python experiments/determinism.py models/abl-s0-kd      # another thread count
 
 Needs a run directory of the default recipe (its data/train.jsonl) and the minilm-l6 asset.
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
-import sys
 import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -41,4 +41,8 @@ def main(run_dir: str, rows: int = 640) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "models/default")
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run_dir", nargs="?", default="models/default", help="run directory of the default recipe")
+    ap.add_argument("--rows", type=int, default=640, help="training rows taken from its data/train.jsonl")
+    a = ap.parse_args()
+    main(a.run_dir, a.rows)

@@ -5,7 +5,7 @@ as a copy of that run directory resumed with one override, so the teacher and it
 shared and only what the override touches is rebuilt. Accuracy figures only; the wall times in the
 run ledgers are not comparable when other work shares the machine.
 
-    .venv/bin/python bench/ablation.py --seeds 0 1 2 --out bench/results/ablation-default.md
+    .venv/bin/python experiments/ablation.py --seeds 0 1 2 --out bench/results/ablation-default.md
 
 Reruns pick up where they stopped (completed runs are reused through --resume).
 """
@@ -32,7 +32,7 @@ VARIANTS: dict[str, list[str]] = {
 
 
 def _distill(recipe: str, models: Path, name: str, sets: list[str]) -> None:
-    cmd = [sys.executable, "-m", "distill.cli", "run", recipe, "--models-dir", str(models), "--name", name, "--resume"]
+    cmd = [str(Path(sys.executable).with_name("distill")), "run", recipe, "--models-dir", str(models), "--name", name, "--resume"]
     for s in sets:
         cmd += ["--set", s]
     print("+", " ".join(cmd), flush=True)
@@ -93,7 +93,7 @@ def main() -> None:
     a = ap.parse_args()
     res = run_all(a.recipe, a.seeds, a.variants, a.models_dir)
     md = (f"Ablation of `{a.recipe}` (student settings; data split seed 0; training seeds {a.seeds}).\n"
-          f"Command: `.venv/bin/python bench/ablation.py --recipe {a.recipe} --seeds {' '.join(map(str, a.seeds))}`\n\n"
+          f"Command: `.venv/bin/python experiments/ablation.py --recipe {a.recipe} --seeds {' '.join(map(str, a.seeds))}`\n\n"
           + table(res, a.seeds))
     print(md)
     if a.out:

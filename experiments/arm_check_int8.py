@@ -1,7 +1,7 @@
 """The ARM check (export.arm64.check) on a run's int8 file and test split only: ~5 min under qemu,
 where `distill bench RUN --target arm64-emulated` also runs fp32 (~17 min).
 
-    HF_HUB_OFFLINE=1 .venv/bin/python bench/arm_check_int8.py models/default [--qemu-cpu cortex-a53]
+    HF_HUB_OFFLINE=1 .venv/bin/python experiments/arm_check_int8.py models/default [--qemu-cpu cortex-a53]
 
 Needs `distill assets install arm64-env`. Prints the verdict and writes RUN/onnx/arm64-int8-test.json.
 """

@@ -1,6 +1,6 @@
 """Baseline on real weights: minilm-l6 (2-label head), PyTorch fp32 vs our int8 path vs optimum's default.
 
-    HF_HUB_OFFLINE=1 .venv/bin/python -m bench.compare_minilm [--repeats 5] [--iterations 100] [--work DIR]
+    HF_HUB_OFFLINE=1 .venv/bin/python experiments/compare_minilm.py [--repeats 5] [--iterations 100] [--work DIR]
 
 Batch 1, sequence 128, target `cpu` (all cores, one thread each) unless --target says otherwise. Every (variant x repeat) is its own
 fresh pinned process (bench.measure); repeats are interleaved round-robin so that background load
