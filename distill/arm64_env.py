@@ -6,7 +6,7 @@ host), so a new onnxruntime on the host means a new environment and an old one i
 mistake. It is built in a hidden `.arm64-env-HASH.tmp-PID` sibling and renamed into place once a
 smoke test passed and its READY.json marker is written: a folder with the final name is complete.
 
-Recipe and pitfalls (README "ARM check"):
+Recipe and pitfalls (docs/arm-check.md):
 debootstrap's second stage runs aarch64 programs, so building needs root and the qemu-aarch64
 binfmt handler (registered here if missing and unregistered afterwards). Running needs neither:
 `qemu-aarch64-static -L ROOT ROOT/usr/bin/python3` resolves absolute paths inside ROOT first and

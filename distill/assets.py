@@ -3,7 +3,7 @@
 `builtin:NAME` names a dataset, `packaged:NAME` a model. Each resolves to files inside an installed
 carrier distribution, read through `importlib.metadata` (their code is never imported). Models
 split over several packages are concatenated and extracted once into the cache folder.
-README "Offline assets" and `distill assets list` say what each carrier holds.
+docs/setup-and-tests.md ("Offline assets") and `distill assets list` say what each carrier holds.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Errors a user can act on. Each carries the process exit code the CLI uses for it.
 
-Exit codes (README "The run directory"): 0 ok; 1 internal error (a bug); 2 the user's input (recipe, data,
+Exit codes (docs/runs.md, "The run directory"): 0 ok; 1 internal error (a bug); 2 the user's input (recipe, data,
 arguments) or a command not built yet; 3 the export parity gate failed; 4 the run directory is
 locked.
 """
