@@ -184,6 +184,7 @@ def _bench_into(out: Path, final: Path, *, path: Path, is_run: bool, artifacts: 
                 advance.describe(f"bench: {a.label} on {t.name}, test texts")
                 spec = {"task": "latency-texts", "runtime": a.runtime, "path": str(a.path), "data": str(test),
                         "max_texts": texts, "warmup": min(warmup, texts), "max_length": a.max_length or seq[0],
+                        "head": a.head,
                         "tokenizer": str(a.tokenizer) if a.tokenizer else None,
                         "train": str(path / "data" / "train.jsonl"), "seed": INPUT_SEED}
                 r = run_worker(spec, t, timeout=WORKER_TIMEOUT_S)
@@ -255,7 +256,7 @@ def _bench_into(out: Path, final: Path, *, path: Path, is_run: bool, artifacts: 
 def _optimum_default(path: Path, is_run: bool, out: Path, final: Path, preset: str, notes: list[str]) -> list[Artifact]:
     """The student and the teacher as a user would ship them without edge-distill: `optimum-cli export onnx` +
     `optimum-cli onnxruntime quantize --<preset>` (dynamic, per-tensor, no fusions)."""
-    from bench.artifacts import trained_max_length
+    from bench.artifacts import trained_head, trained_max_length
     from bench.optimum_default import export_optimum_default
 
     if not is_run or not (path / "student" / "config.json").exists():
@@ -268,7 +269,8 @@ def _optimum_default(path: Path, is_run: bool, out: Path, final: Path, preset: s
             notes.append(f"no {which}/ Hugging Face folder: its optimum int8 row is missing")
             continue
         file = export_optimum_default(model, out / key, preset)
-        a = onnx_artifact(key, file, path, tokenizer=model, max_length=trained_max_length(model))
+        a = onnx_artifact(key, file, path, tokenizer=model, max_length=trained_max_length(model),
+                          head=trained_head(model))
         # Reports name the final location, not the temporary folder it is measured in.
         a.display_path = (final / key / file.name).relative_to(path).as_posix() if final.is_relative_to(path) \
             else str(final / key / file.name)
@@ -372,6 +374,7 @@ def _fill_accuracy(artifacts: Iterable[Artifact], test: Path, target: Target, no
             length = a.max_length or FALLBACK_SEQ
             log.info("accuracy of %s on %s at %d tokens", a.label, test, length)
             r = run_worker({"task": "accuracy", "runtime": a.runtime, "path": str(a.path), "max_length": length,
+                            "head": a.head,
                             "tokenizer": str(a.tokenizer) if a.tokenizer else None, "data": str(test),
                             "train": str(test.parent / "train.jsonl")}, target, timeout=WORKER_TIMEOUT_S)
             advance()

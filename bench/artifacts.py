@@ -43,6 +43,7 @@ class Artifact:
     display_path: str = ""  # as written in reports: relative to the run directory when inside it
     max_length: Optional[int] = None  # the deployed length: every accuracy and real-text row tokenizes at it
     onnx_graph: Optional[Path] = None  # the .onnx whose shapes give the MACs (an .ort's source)
+    head: int = 0  # > 0: long texts keep their first head tokens and their last ones, as the model was trained
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -98,6 +99,15 @@ def _rel(path: Path, root: Path) -> str:
         return str(path)
 
 
+def trained_head(folder: Path) -> int:
+    """The head of the head+tail cut a run's model was trained with (its metrics.json); 0 = cut on the right."""
+    try:
+        value = json.loads((folder / "metrics.json").read_text()).get("head_tokens")
+    except (OSError, ValueError):
+        return 0
+    return value if isinstance(value, int) and value > 0 else 0
+
+
 def trained_max_length(folder: Path) -> Optional[int]:
     """The length a run's model was trained and evaluated at (its metrics.json)."""
     try:
@@ -111,19 +121,20 @@ def pytorch_artifact(key: str, folder: Path, root: Path) -> Artifact:
     acc = _test_metrics(folder / "metrics.json")
     return Artifact(key, LABELS.get(key, key), "pytorch", folder, folder_size(folder), acc,
                     "metrics.json" if acc else None, folder if has_tokenizer(folder) else None,
-                    vocab_size(folder), _rel(folder, root), max_length=trained_max_length(folder))
+                    vocab_size(folder), _rel(folder, root), max_length=trained_max_length(folder),
+                    head=trained_head(folder))
 
 
 def onnx_artifact(key: str, file: Path, root: Path, *, tokenizer: Optional[Path] = None,
                   accuracy: Optional[dict] = None, accuracy_source: Optional[str] = None,
-                  max_length: Optional[int] = None) -> Artifact:
+                  max_length: Optional[int] = None, head: int = 0) -> Artifact:
     tok = file.parent if has_tokenizer(file.parent) else tokenizer
     e2e = key.startswith("e2e-") or _takes_text(file)
     graph = file.with_suffix(".onnx") if file.suffix == ".ort" else file
     return Artifact(key, LABELS.get(key, key), "onnxruntime-e2e" if e2e else "onnxruntime", file, file_size(file),
                     accuracy, accuracy_source, tok, vocab_size(file.parent, tokenizer, onnx_file=file), _rel(file, root),
                     max_length=max_length or _tokenizer_max_length(tok),
-                    onnx_graph=graph if graph.is_file() else None)
+                    onnx_graph=graph if graph.is_file() else None, head=head)
 
 
 def _takes_text(file: Path) -> bool:
@@ -176,7 +187,8 @@ def discover_run(run: Path) -> tuple[list[Artifact], list[str]]:
         acc = ((entry.get("accuracy") or {}).get("test")) or None
         rows.append(onnx_artifact(key, file, run, tokenizer=student if has_tokenizer(student) else None,
                                   accuracy=acc, accuracy_source="export.json" if acc else None,
-                                  max_length=export.get("max_length") or trained_max_length(student)))
+                                  max_length=export.get("max_length") or trained_max_length(student),
+                                  head=(export.get("truncation") or {}).get("head_tokens", 0)))
         wrapped = (entries.get(key[len("e2e-"):].removesuffix("-ort")) or {}).get("file") if key.startswith("e2e-") else None
         if wrapped and (run / "onnx" / wrapped).is_file():
             # MACs of an end-to-end graph: those of the token-id classifier it wraps (its tokenizer does no

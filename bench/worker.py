@@ -213,6 +213,8 @@ def text_feeds(spec: dict) -> tuple[list[dict], list[int]]:
     length (the tokenizer is not timed: an app runs its own), or the text itself for rows that take text."""
     import numpy as np
 
+    from distill.tokenizing import encode
+
     texts = [r["text"] for r in _read_rows(Path(spec["data"]))]
     step = max(1, len(texts) // spec["max_texts"]) if spec.get("max_texts") else 1
     texts = texts[::step][: spec.get("max_texts") or None]
@@ -222,13 +224,14 @@ def text_feeds(spec: dict) -> tuple[list[dict], list[int]]:
             from transformers import AutoTokenizer
 
             tok = AutoTokenizer.from_pretrained(spec["tokenizer"])
-            lengths = [len(ids) for ids in tok(texts, truncation=True, max_length=spec["max_length"])["input_ids"]]
+            lengths = [len(ids) for ids in encode(tok, texts, max_length=spec["max_length"],
+                                                  head=spec.get("head", 0))["input_ids"]]
         return [{"text": [t]} for t in texts], lengths
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(spec["tokenizer"])
     feeds, lengths = [], []
-    for ids in tok(texts, truncation=True, max_length=spec["max_length"])["input_ids"]:
+    for ids in encode(tok, texts, max_length=spec["max_length"], head=spec.get("head", 0))["input_ids"]:
         n = len(ids)
         feeds.append({"input_ids": np.asarray([ids], dtype=np.int64), "attention_mask": np.ones((1, n), np.int64),
                       "token_type_ids": np.zeros((1, n), np.int64)})
@@ -263,6 +266,7 @@ def accuracy(spec: dict) -> dict:
     artifact is deployed (its max_length), with the one metrics definition the export uses too."""
     import numpy as np
 
+    from distill.tokenizing import encode
     from export.accuracy import from_predictions
 
     rows = _read_rows(Path(spec["data"]))
@@ -278,7 +282,8 @@ def accuracy(spec: dict) -> dict:
         if tok is None:
             scores.append(np.asarray(run({"text": texts})))
             continue
-        enc = tok(texts, padding=True, truncation=True, max_length=spec["max_length"], return_tensors="np")
+        enc = encode(tok, texts, max_length=spec["max_length"], head=spec.get("head", 0), padding=True,
+                     return_tensors="np")
         feeds = {k: np.asarray(enc[k], dtype=np.int64) for k in ("input_ids", "attention_mask")}
         feeds["token_type_ids"] = np.asarray(enc["token_type_ids"], dtype=np.int64) if "token_type_ids" in enc \
             else np.zeros_like(feeds["input_ids"])

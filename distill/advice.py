@@ -113,8 +113,13 @@ def advise(run_dir: Path, recipe: Any = None) -> list[Advice]:
     share = teacher.get("truncated_share")
     if share and share >= TRUNCATED_SHARE:
         longer = min(512, 2 * int(teacher.get("max_length") or 256))
+        head_tail = bool(teacher.get("head_tokens"))
+        same_cost = "" if head_tail else (
+            " Or keep the length and the latency and read each long text's start and end instead of its start alone: "
+            "`--set teacher.truncation=head_tail --set student.truncation=head_tail`.")
         out.append(Advice("info", f"{_pct(share)} of the training texts are longer than max_length "
-                                  f"({teacher.get('max_length')} tokens) and are cut to their first tokens. Longer inputs "
-                                  "can help long documents, at a latency cost that grows with the length.",
+                                  f"({teacher.get('max_length')} tokens) and are cut to their "
+                                  f"{'first and last' if head_tail else 'first'} tokens. Longer inputs "
+                                  f"can help long documents, at a latency cost that grows with the length.{same_cost}",
                           f"--set teacher.max_length={longer} --set student.max_length={longer}"))
     return out

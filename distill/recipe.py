@@ -101,12 +101,22 @@ class Training(_Section):
     warmup_ratio: float = Field(0.06, ge=0, lt=1, description="Fraction of steps spent warming up the learning rate.")
     scheduler: Literal["linear", "cosine", "constant"] = Field("linear", description="Learning-rate schedule after warm-up.")
     max_length: Optional[int] = Field(None, gt=0, le=4096, description="Tokens per text; None = the data's p95 token length, capped at 256.")
+    truncation: Literal["right", "head_tail"] = Field("right", description="How a text longer than max_length is cut: right = its first tokens; head_tail = its first quarter and last three quarters of max_length (long documents: the opening and the ending carry the topic). The export and the bench cut the same way.")
     group_by_length: bool = Field(True, description="Batch texts of similar token length together (the Trainer's length-grouped sampler): less padding, so shorter steps on CPU; batches stay random in order.")
     min_steps: int = Field(250, ge=0, description="At least this many optimizer steps: on a small data set, more epochs than `epochs` are run (early stopping on validation still ends training when it stops improving); 0 = exactly `epochs`.")
     class_weights: Literal["none", "balanced"] = Field("none", description="Weight the gold-label cross-entropy per class: balanced = rows / (classes x class rows), for skewed classes.")
     early_stopping_patience: int = Field(2, ge=0, description="Evaluations without improvement (validation macro-F1 where classes are skewed, else accuracy) before stopping; 0 = off.")
     eval_steps: Optional[int] = Field(None, gt=0, description="Evaluate every N steps; None = once per epoch.")
     dropout: Optional[float] = Field(None, ge=0, lt=1, description="Override the model's hidden/attention dropout; None = keep.")
+
+    def _added_later(self) -> tuple[str, ...]:
+        # Keys added after runs existed dump only when set away from their default: the teacher and student
+        # stages' input digests hash these sections, so older run folders still resume.
+        return ("truncation",) if self.truncation == "right" else ()
+
+    @model_serializer(mode="wrap")
+    def _omit_added_later(self, handler: Any) -> Any:
+        return _without(handler(self), self._added_later())
 
 
 class Prompt(_Section):
@@ -149,7 +159,7 @@ class Teacher(Training):
     def _omit_prompt_keys(self, handler: Any) -> Any:
         # A fine-tuned teacher's dump stays what it was before prompted teachers existed: the teacher
         # stage's input digest hashes this section, so existing run folders still resume without retraining.
-        return _without(handler(self), ("kind", "prompt") if self.kind == "fine-tuned" else ())
+        return _without(handler(self), (("kind", "prompt") if self.kind == "fine-tuned" else ()) + self._added_later())
 
 
 class Student(Training):

@@ -72,8 +72,9 @@ class SoftLabels:
 
 
 def label_texts(teacher: Any, tokenizer: Any, texts: Sequence[str], max_length: int,
-                previous: Optional[SoftLabels] = None) -> SoftLabels:
-    """Soft labels for texts, running the teacher only on texts the previous cache lacks."""
+                previous: Optional[SoftLabels] = None, head: int = 0) -> SoftLabels:
+    """Soft labels for texts, running the teacher only on texts the previous cache lacks, cut as the
+    teacher was trained (max_length, and head > 0 for head+tail; its metrics.json says which)."""
     from distill import progress
     from distill.training import predict_logits
 
@@ -87,7 +88,7 @@ def label_texts(teacher: Any, tokenizer: Any, texts: Sequence[str], max_length: 
                 logits = teacher.label_logits(todo)
                 advance(len(todo))
         else:
-            logits = predict_logits(teacher, tokenizer, todo, max_length, description="soft labels")
+            logits = predict_logits(teacher, tokenizer, todo, max_length, description="soft labels", head=head)
         base = base.extended(todo, logits)
     return base
 
@@ -101,7 +102,8 @@ def soft_labels_stage(ctx: Any, out: Path) -> None:
     pool = student_pool(run / "data")
     names = read_labels(run / "data")
     t0 = time.perf_counter()
-    soft = label_texts(teacher, tok, [p["text"] for p in pool], tmetrics["max_length"])
+    soft = label_texts(teacher, tok, [p["text"] for p in pool], tmetrics["max_length"],
+                       head=tmetrics.get("head_tokens", 0))
     wall = time.perf_counter() - t0
     soft.save(out)
     report: dict[str, Any] = {"texts": len(soft.index), "wall_s": round(wall, 1),

@@ -24,6 +24,7 @@ from distill.losses import LossInputs, combine
 from distill.modeling import count_parameters, load_classifier, load_tokenizer, num_layers
 from distill.progress import quiet_trainer
 from distill.soft_labels import SoftLabels, label_texts, student_pool, text_key
+from distill.tokenizing import head_tokens
 from distill.training import (class_weights, compute_metrics_fn, effective_epochs, evaluate_rows, jsonl_logger,
                               pick_max_length, predict_logits, selection_metric, tokenized, training_arguments)
 
@@ -92,17 +93,19 @@ def _collator(tokenizer: Any):
     return collate
 
 
-def _pooled_teacher_hidden(run: Path, texts: list[str], layers: list[int], max_length: int) -> np.ndarray:
+def _pooled_teacher_hidden(run: Path, texts: list[str], layers: list[int], max_length: int,
+                           head: int = 0) -> np.ndarray:
     """Masked-mean hidden states of the mapped teacher layers, [N, L, H]; the teacher is freed after."""
     import torch
 
     from distill.teacher import load_teacher
+    from distill.tokenizing import encode
 
     teacher, tok = load_teacher(run / "teacher")
     out = []
     with torch.inference_mode():
         for s in range(0, len(texts), 64):
-            b = tok(texts[s:s + 64], truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+            b = encode(tok, texts[s:s + 64], max_length=max_length, head=head, padding=True, return_tensors="pt")
             hs = teacher(**b, output_hidden_states=True).hidden_states
             m = b["attention_mask"].unsqueeze(-1).float()
             out.append(torch.stack([(hs[i + 1] * m).sum(1) / m.sum(1) for i in layers], 1).numpy())
@@ -154,6 +157,7 @@ def student_stage(ctx: Any, out: Path) -> None:
         dropped = drop_noisy_labels(pool, json.loads((run / "teacher" / "label_noise.json").read_text()))
         log.info("label_noise=drop: %d rows keep their soft label but lose the gold-label term", dropped)
     max_length = pick_max_length(tok, [p["text"] for p in pool], s.max_length)
+    head = head_tokens(tok, max_length, s.truncation)
     soft = SoftLabels.load(run / "soft_labels")
 
     hidden_layers: list[int] = []  # teacher layers, in the order of student_layers
@@ -197,13 +201,13 @@ def student_stage(ctx: Any, out: Path) -> None:
             rounds.append(finished)
             log.info("student round %d: finished by an earlier attempt; its weights reused", rnd)
             if rnd < d.rounds:
-                pool, soft, weights = _next_round(run, r, student, tok, pool, soft, weights, max_length, rnd)
+                pool, soft, weights = _next_round(run, r, student, tok, pool, soft, weights, max_length, rnd, head)
             continue
         t0 = time.perf_counter()
-        hidden = _pooled_teacher_hidden(run, [p["text"] for p in pool], hidden_layers, max_length) if need_hidden else None
+        hidden = _pooled_teacher_hidden(run, [p["text"] for p in pool], hidden_layers, max_length, head) if need_hidden else None
         rows = _round_rows(pool, soft, weights, hidden)
         cols = ["labels", "teacher_logits", "weight", "idx"] + (["teacher_hidden"] if hidden is not None else [])
-        train_ds = tokenized(tok, rows, max_length, cols)
+        train_ds = tokenized(tok, rows, max_length, cols, head)
         sampler = make_sampler(d.curriculum, np.asarray([rw["teacher_logits"] for rw in rows]),
                                [len(x) for x in train_ds["input_ids"]], s.batch_size * s.grad_accum,
                                effective_epochs(s, len(rows), world_size()),
@@ -211,7 +215,7 @@ def student_stage(ctx: Any, out: Path) -> None:
         resume_from = _start_round(rdir, stage_digest, train_log)
         callbacks = [jsonl_logger(train_log, "student"), step_callback("student")]
         if sampler is not None and d.curriculum.scorer == "self-paced":
-            callbacks.append(_self_paced_callback(sampler, tok, rows, max_length, d.temperature))
+            callbacks.append(_self_paced_callback(sampler, tok, rows, max_length, d.temperature, head))
             callbacks.append(_epoch_scores_callback(sampler, rdir))  # after it: the scores it set, kept
         callbacks += [WallClockCheckpoint(checkpoint_every_s()), EpochStartRng(rdir)]
         args = enable_checkpoints(training_arguments(s, rdir, device, r.seed + rnd, has_eval=bool(val), save=False,
@@ -220,7 +224,7 @@ def student_stage(ctx: Any, out: Path) -> None:
             model=student,
             args=args,
             train_dataset=train_ds,
-            eval_dataset=tokenized(tok, val, max_length, ["label"]).rename_column("label", "labels") if val else None,
+            eval_dataset=tokenized(tok, val, max_length, ["label"], head).rename_column("label", "labels") if val else None,
             data_collator=_collator(tok), compute_metrics=compute_metrics_fn(len(names)), callbacks=callbacks,
             loss_weights=d.losses, temperature=d.temperature, curriculum=sampler, projections=projections,
             class_weights=weights_by_class)
@@ -231,15 +235,15 @@ def student_stage(ctx: Any, out: Path) -> None:
             log.info("student round %d: resuming from %s", rnd, resume_from)
         result = trainer.train(resume_from_checkpoint=resume_from)
         student = trainer.model
-        val_m, _ = evaluate_rows(student, tok, val, max_length, len(names), "student: validation") if val else ({}, None)
-        test_m, _ = evaluate_rows(student, tok, test, max_length, len(names), "student: test")
+        val_m, _ = evaluate_rows(student, tok, val, max_length, len(names), "student: validation", head) if val else ({}, None)
+        test_m, _ = evaluate_rows(student, tok, test, max_length, len(names), "student: test", head)
         rounds.append({"round": rnd, "pool": len(pool), "steps": result.global_step,
                        "train_loss": _attempt_train_loss(result, resumed_step), "resumed_from_step": resumed_step,
                        "validation": val_m, "test": test_m, "wall_s": round(time.perf_counter() - t0, 1)})
         log.info("student round %d: validation %.4f, test %.4f", rnd, val_m.get("accuracy", float("nan")), test_m["accuracy"])
         _finish_round(rdir, student, rounds[-1])
         if rnd < d.rounds:
-            pool, soft, weights = _next_round(run, r, student, tok, pool, soft, weights, max_length, rnd)
+            pool, soft, weights = _next_round(run, r, student, tok, pool, soft, weights, max_length, rnd, head)
 
     if hasattr(student, "distill_projections"):
         del student.distill_projections
@@ -254,6 +258,8 @@ def student_stage(ctx: Any, out: Path) -> None:
                "selection_metric": metric, "class_weights": weights_by_class, "min_steps": s.min_steps,
                "rounds": rounds, "validation": final["validation"], "test": final["test"],
                "teacher_test": tmetrics["test"], "wall_s": round(time.perf_counter() - t_start, 1)}
+    if head:  # absent = cut on the right (the export and the bench read it from here)
+        metrics.update(truncation=s.truncation, head_tokens=head)
     metrics["kept_of_teacher"] = final["test"]["accuracy"] / max(tmetrics["test"]["accuracy"], 1e-9)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     from distill.model_card import write_card
@@ -277,7 +283,8 @@ def drop_noisy_labels(pool: list[dict[str, Any]], flagged: list[dict[str, Any]])
     return dropped
 
 
-def _self_paced_callback(sampler: Any, tok: Any, rows: list[dict[str, Any]], max_length: int, temperature: float):
+def _self_paced_callback(sampler: Any, tok: Any, rows: list[dict[str, Any]], max_length: int, temperature: float,
+                         head: int = 0):
     """At each epoch start, re-score the pool by the student's own KL to the teacher."""
     from transformers import TrainerCallback
 
@@ -287,7 +294,7 @@ def _self_paced_callback(sampler: Any, tok: Any, rows: list[dict[str, Any]], max
     class SelfPaced(TrainerCallback):
         def on_epoch_begin(self, args, state, control, model=None, **kwargs):  # noqa: ANN001
             if state.epoch and model is not None:
-                student = predict_logits(model, tok, texts, max_length)
+                student = predict_logits(model, tok, texts, max_length, head=head)
                 sampler.update_scores(_kl(teacher, student, temperature))
                 model.train()
 
@@ -304,22 +311,24 @@ def _kl(teacher: np.ndarray, student: np.ndarray, t: float) -> np.ndarray:
 
 
 def _next_round(run: Path, r: Any, student: Any, tok: Any, pool: list[dict[str, Any]], soft: SoftLabels,
-                weights: np.ndarray, max_length: int, rnd: int) -> tuple[list[dict[str, Any]], SoftLabels, np.ndarray]:
+                weights: np.ndarray, max_length: int, rnd: int,
+                head: int = 0) -> tuple[list[dict[str, Any]], SoftLabels, np.ndarray]:
     """Augment the examples where student and teacher disagree most, label them with the teacher
     (loaded only for that), and weight them up."""
     from distill.data.augment import augment, corpus_vocab
     from distill.teacher import load_teacher
 
     texts = [p["text"] for p in pool]
-    gap = _kl(soft.get(texts), predict_logits(student, tok, texts, max_length), r.distill.temperature)
+    gap = _kl(soft.get(texts), predict_logits(student, tok, texts, max_length, head=head), r.distill.temperature)
     hard = np.argsort(-gap)[: max(1, int(len(pool) * r.distill.hard_fraction))]
     held = {row["text"] for split in ("validation", "test") for row in read_split(run / "data", split)}
     cfg = r.data.augment
     made = augment([texts[i] for i in hard], ops=cfg.ops, rate=cfg.rate, multiplier=max(1, cfg.multiplier),
                    seed=r.seed + 1000 * rnd, vocab=corpus_vocab(texts), exclude=held | set(texts))
     teacher, ttok = load_teacher(run / "teacher")
-    tmax = json.loads((run / "teacher" / "metrics.json").read_text())["max_length"]
-    soft = label_texts(teacher, ttok, [t for t, _ in made], tmax, previous=soft)
+    tmetrics = json.loads((run / "teacher" / "metrics.json").read_text())
+    soft = label_texts(teacher, ttok, [t for t, _ in made], tmetrics["max_length"], previous=soft,
+                       head=tmetrics.get("head_tokens", 0))
     del teacher
     weights = weights.copy()
     weights[hard] *= 2.0

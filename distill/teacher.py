@@ -21,6 +21,7 @@ from distill.faults import step_callback
 from distill.modeling import count_parameters, load_classifier, load_tokenizer, num_layers
 from distill.progress import quiet_trainer
 from distill.rundir import digest
+from distill.tokenizing import head_tokens
 from distill.training import (class_weights, compute_metrics_fn, evaluate_rows, jsonl_logger,
                               pick_max_length, planned_steps, selection_metric, tokenized, training_arguments,
                               truncated_share, validation_curve, weighted_cross_entropy)
@@ -80,6 +81,7 @@ def teacher_stage(ctx: Any, out: Path) -> None:
     device = choose_device(r.device)
     tok = load_tokenizer(t.model, t.trust_remote_code)
     max_length = pick_max_length(tok, [row["text"] for row in train], t.max_length)
+    head = head_tokens(tok, max_length, t.truncation)
     # The new classifier head's initial weights come from the global RNG: seed it here, so the
     # result does not depend on what ran earlier in this process (a fresh run vs a --resume).
     set_seed(r.seed)
@@ -113,8 +115,8 @@ def teacher_stage(ctx: Any, out: Path) -> None:
             model=model,
             args=training_arguments(t, ckpt_dir, device, r.seed, has_eval=bool(val), n_rows=len(train), metric=metric),
             compute_loss_func=weighted_cross_entropy(weights) if weights else None,
-            train_dataset=tokenized(tok, train, max_length, ["label"]).rename_column("label", "labels"),
-            eval_dataset=tokenized(tok, val, max_length, ["label"]).rename_column("label", "labels") if val else None,
+            train_dataset=tokenized(tok, train, max_length, ["label"], head).rename_column("label", "labels"),
+            eval_dataset=tokenized(tok, val, max_length, ["label"], head).rename_column("label", "labels") if val else None,
             data_collator=DataCollatorWithPadding(tok),
             compute_metrics=compute_metrics_fn(len(names)),
             callbacks=callbacks,
@@ -140,11 +142,13 @@ def teacher_stage(ctx: Any, out: Path) -> None:
                                "device": device.device,
                                "precision": device.precision, "train": train_info,
                                "parameters": count_parameters(model), "layers": num_layers(model)}
+    if head:  # absent = cut on the right, so a default run's metrics.json is what it was
+        metrics.update(truncation=t.truncation, head_tokens=head)
     t1 = time.perf_counter()
-    metrics["validation"], _ = evaluate_rows(model, tok, val, max_length, len(names), "teacher: validation") if val else ({}, None)
-    metrics["test"], _ = evaluate_rows(model, tok, test, max_length, len(names), "teacher: test")
+    metrics["validation"], _ = evaluate_rows(model, tok, val, max_length, len(names), "teacher: validation", head) if val else ({}, None)
+    metrics["test"], _ = evaluate_rows(model, tok, test, max_length, len(names), "teacher: test", head)
     noise_metrics, train_logits = evaluate_rows(model, tok, train, max_length, len(names),
-                                                 "teacher: training rows (label noise)")
+                                                 "teacher: training rows (label noise)", head)
     metrics["train_fit"] = {k: noise_metrics[k] for k in ("accuracy", "n")}
     metrics["eval_wall_s"] = round(time.perf_counter() - t1, 1)
     noisy = label_noise(train, train_logits, names, r.data.label_noise_threshold)

@@ -38,16 +38,20 @@ def truncated_share(tokenizer: Any, texts: Sequence[str], max_length: int) -> fl
     return round(float(np.mean([n > max_length for n in lengths])), 4)
 
 
-def tokenized(tokenizer: Any, rows: Sequence[dict[str, Any]], max_length: int, columns: Iterable[str] = ()) -> Any:
-    """A datasets.Dataset of input_ids/attention_mask (unpadded; the collator pads per batch) plus columns."""
+def tokenized(tokenizer: Any, rows: Sequence[dict[str, Any]], max_length: int, columns: Iterable[str] = (),
+              head: int = 0) -> Any:
+    """A datasets.Dataset of input_ids/attention_mask (unpadded; the collator pads per batch) plus columns.
+    head > 0: long texts keep their first head tokens and their last ones (distill.tokenizing)."""
     from datasets import Dataset, disable_progress_bars
+
+    from distill.tokenizing import encode
 
     disable_progress_bars()  # a bar per map() call is noise next to the Trainer's own bar
     data: dict[str, list[Any]] = {"text": [r["text"] for r in rows]}
     for col in columns:
         data[col] = [r[col] for r in rows]
     ds = Dataset.from_dict(data)
-    return ds.map(lambda b: tokenizer(b["text"], truncation=True, max_length=max_length), batched=True,
+    return ds.map(lambda b: dict(encode(tokenizer, b["text"], max_length=max_length, head=head)), batched=True,
                   remove_columns=["text"], desc=None)
 
 
@@ -196,13 +200,14 @@ def jsonl_logger(path: Path, stage: str):
 
 
 def predict_logits(model: Any, tokenizer: Any, texts: Sequence[str], max_length: int,
-                   batch_size: int = 64, description: str = "predicting") -> np.ndarray:
+                   batch_size: int = 64, description: str = "predicting", head: int = 0) -> np.ndarray:
     """Logits for texts, batched in order of length (less padding), returned in the input order.
 
     description names the pass's progress line (counted in texts) where the CLI shows one."""
     import torch
 
     from distill import progress
+    from distill.tokenizing import encode
 
     model.eval()
     device = next(model.parameters()).device
@@ -211,16 +216,17 @@ def predict_logits(model: Any, tokenizer: Any, texts: Sequence[str], max_length:
     with torch.inference_mode(), progress.task(description, total=len(texts)) as advance:
         for start in range(0, len(texts), batch_size):
             idx = order[start:start + batch_size]
-            batch = tokenizer([texts[i] for i in idx], truncation=True, max_length=max_length, padding=True,
-                              return_tensors="pt").to(device)
+            batch = encode(tokenizer, [texts[i] for i in idx], max_length=max_length, head=head, padding=True,
+                           return_tensors="pt").to(device)
             out[idx] = model(**batch).logits.float().cpu().numpy()
             advance(len(idx))
     return out
 
 
 def evaluate_rows(model: Any, tokenizer: Any, rows: Sequence[dict[str, Any]], max_length: int,
-                  num_labels: int, description: str = "evaluating") -> tuple[dict[str, Any], np.ndarray]:
-    logits = predict_logits(model, tokenizer, [r["text"] for r in rows], max_length, description=description)
+                  num_labels: int, description: str = "evaluating", head: int = 0) -> tuple[dict[str, Any], np.ndarray]:
+    logits = predict_logits(model, tokenizer, [r["text"] for r in rows], max_length, description=description,
+                            head=head)
     return classification_metrics([r["label"] for r in rows], logits.argmax(-1), num_labels), logits
 
 

@@ -145,8 +145,12 @@ def e2e_predict(path_or_session, texts: list[str], batch_size: int = 32) -> tupl
     return np.concatenate(labels), np.concatenate(probs)
 
 
-def build_e2e(model_onnx: Path, tokenizer_dir: Path, out: Path, *, max_length: int, ops: str = "mobile") -> Path:
+def build_e2e(model_onnx: Path, tokenizer_dir: Path, out: Path, *, max_length: int, ops: str = "mobile",
+              head: int = 0) -> Path:
     """Write to out a graph text -> (label, probabilities): tokenizer_dir's tokenizer joined to model_onnx.
+
+    head > 0: a text longer than max_length keeps its first head tokens and its last max_length - 2 - head
+    (distill.tokenizing's head_tail), else its first max_length - 2.
 
     ops="mobile" (default): the extensions' BertTokenizer only, which the stock Android/iOS packages
     have; ops="full": HF's normalization exactly, with operators only full builds of the extensions
@@ -185,7 +189,7 @@ def build_e2e(model_onnx: Path, tokenizer_dir: Path, out: Path, *, max_length: i
     int32 = {i.name for i in clf.graph.input if i.type.tensor_type.elem_type == onnx.TensorProto.INT32}
     tok = _tokenizer_model(spec, max_length=max_length, opset=opset, ml_opset=opsets.get(ML, 2),
                            outputs=[n for n in CLASSIFIER_INPUTS if n in inputs], trim_rows=False, ops=ops,
-                           int32=int32)
+                           int32=int32, head=head)
     tok.ir_version = clf.ir_version
     # Drop opset imports no node of the classifier uses: some tools (quant_pre_process of static int8) write
     # one for every registered domain, ai.onnx.contrib included once the extensions are loaded, and
@@ -209,6 +213,7 @@ def build_e2e(model_onnx: Path, tokenizer_dir: Path, out: Path, *, max_length: i
                      oh.make_tensor_value_info(PROBABILITIES, logit_type.elem_type, ["N", num_labels or "num_labels"])])
     meta = {"e2e.inputs": "text: string [N]", "e2e.outputs": "label: int64 [N]; probabilities: float [N, labels]",
             "e2e.tokenizer": spec.name, "e2e.max_length": str(max_length), "e2e.ops": ops,
+            "e2e.truncation": f"head_tail: first {head}, last {max_length - 2 - head} tokens" if head else "right",
             "e2e.custom_ops": "onnxruntime-extensions (ai.onnx.contrib): " + ", ".join(
                 sorted({n.op_type for n in _all_nodes(merged.graph) if n.domain == CONTRIB}))}
     config = Path(tokenizer_dir) / "config.json"
@@ -224,12 +229,12 @@ def build_e2e(model_onnx: Path, tokenizer_dir: Path, out: Path, *, max_length: i
     return out
 
 
-def tokenizer_model(tokenizer_dir: Path, *, max_length: int, ops: str = "mobile", opset: int = 17):
+def tokenizer_model(tokenizer_dir: Path, *, max_length: int, ops: str = "mobile", opset: int = 17, head: int = 0):
     """The tokenizer part alone, as an onnx.ModelProto: text [N] -> input_ids, attention_mask,
     token_type_ids (int64 [N, longest row]). The same graph `build_e2e` puts before the classifier."""
     spec = _read_tokenizer(Path(tokenizer_dir), max_length, ops)
     model = _tokenizer_model(spec, max_length=max_length, opset=opset, ml_opset=2, outputs=list(CLASSIFIER_INPUTS),
-                             trim_rows=True, ops=ops)
+                             trim_rows=True, ops=ops, head=head)
     for o in model.graph.output:
         o.name = o.name[len(_P):]
     for node in model.graph.node:
@@ -487,7 +492,7 @@ class _Graph:
 
 
 def _tokenizer_model(spec: _Spec, *, max_length: int, opset: int, ml_opset: int, outputs: list[str],
-                     trim_rows: bool, ops: str, int32: set[str] = frozenset()):
+                     trim_rows: bool, ops: str, int32: set[str] = frozenset(), head: int = 0):
     from onnx import TensorProto as T
     from onnx import helper as oh
 
@@ -506,12 +511,21 @@ def _tokenizer_model(spec: _Spec, *, max_length: int, opset: int, ml_opset: int,
     i, cond, cond_out = _P + "row/i", _P + "row/cond", _P + "row/cond_out"
     idx = body.op("Unsqueeze", [i, zero])
     if ops == "full":
-        ids = _full_ids(spec, g, body, text, idx)
+        ids = _full_ids(spec, g, body, text, idx, cap_words=not head)
     else:
         ids = _mobile_ids(spec, g, body, text, idx)
 
     # per text: ids [n] of the words' pieces (no [CLS]/[SEP]); cut, frame, pad to max_length
-    kept = body.op("Slice", [ids, zero, g.const("words_max", [max_length - 2], i64), zero])
+    room = max_length - 2
+    if head and room > head:
+        # head+tail: ids[:head] + ids[max(head, n - tail):]; a text that fits comes out whole
+        n_ids = body.op("Shape", [ids])
+        head_c = g.const("head", [head], i64)
+        tail_start = body.op("Max", [head_c, body.op("Sub", [n_ids, g.const("tail", [room - head], i64)])])
+        kept = body.op("Concat", [body.op("Slice", [ids, zero, head_c, zero]),
+                                  body.op("Slice", [ids, tail_start, n_ids, zero])], axis=0)
+    else:
+        kept = body.op("Slice", [ids, zero, g.const("words_max", [room], i64), zero])
     row = body.op("Concat", [g.const("cls", [spec.cls_id], i64), kept, g.const("sep", [spec.sep_id], i64)], axis=0)
     row_len = body.op("Shape", [row])
     pads = body.op("Concat", [zero, body.op("Sub", [g.const("max_length", [max_length], i64), row_len])], axis=0)
@@ -644,7 +658,7 @@ def _is_cjk(cp: int) -> bool:
             or 0xF900 <= cp <= 0xFAFF or 0x2F800 <= cp <= 0x2FA1F)
 
 
-def _full_ids(spec: _Spec, g: _Graph, body: _Graph, text: str, idx: str) -> str:
+def _full_ids(spec: _Spec, g: _Graph, body: _Graph, text: str, idx: str, cap_words: bool = True) -> str:
     """HF's normalization compiled per character (RE2 classes, StringMapping), WordpieceTokenizer."""
     from onnx import TensorProto as T
     from onnx import helper as oh
@@ -686,8 +700,10 @@ def _full_ids(spec: _Spec, g: _Graph, body: _Graph, text: str, idx: str) -> str:
         one_text = body.op("Gather", [text, idx], axis=0)
     words = body.op("BasicTokenizer", [one_text], domain=CONTRIB, do_lower_case=0, strip_accents=0,
                     tokenize_chinese_chars=0, tokenize_punctuation=0, remove_control_chars=0)
-    # every word gives at least one token, so words past max_length - 2 can never be kept
-    words = body.op("Slice", [words, zero, _P + "words_max", zero])
+    # every word gives at least one token, so words past max_length - 2 can never be kept (unless the
+    # tail of the text is kept too: head+tail)
+    if cap_words:
+        words = body.op("Slice", [words, zero, _P + "words_max", zero])
     ids_vocab = dict(spec.vocab, **placeholders)
     pieces, _, begins, limits = body.op(
         "WordpieceTokenizer", [words, g.const("no_rows", [], i64)], n_out=4, domain=CONTRIB,

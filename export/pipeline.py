@@ -62,12 +62,17 @@ def build(out: Path, src: Source, opts: Options) -> dict:
     t0 = time.perf_counter()
     isa = quantize.resolve_isa(opts.isa) if opts.quantize != "none" else None
     length = src.max_length  # the deployed length: every tokenization below, the tokenizer files, export.json
+    head = src.head  # > 0: head+tail cut of long texts, as the run trained (same places as length)
+    if head:
+        log.warning("this model was trained on the first %d and last %d tokens of long texts (truncation: head_tail): "
+                    "the end-to-end graph cuts texts that way; an app tokenizing with tokenizer.json must too "
+                    "(export.json 'truncation')", head, length - 2 - head)
     reference = runtime.load_torch_classifier(src.model_dir)  # first: a base model without a head fails fast
     val_texts = [r["text"] for r in src.parity_rows]
     test_rows = [r for r in src.texts.get("test", []) if "label" in r]
     test_texts = [r["text"] for r in test_rows]
     same_texts = test_texts == val_texts
-    ref_val = runtime.torch_logits(reference, runtime.tokenize(src.model_dir, val_texts, max_length=length))
+    ref_val = runtime.torch_logits(reference, runtime.tokenize(src.model_dir, val_texts, max_length=length, head=head))
     del reference
 
     model_dir, vocab_info, embed_info = src.model_dir, {"mode": "full"}, None
@@ -79,8 +84,8 @@ def build(out: Path, src: Source, opts: Options) -> dict:
         model_dir = out / PRUNED
         stats = vocab.prune_model(src.model_dir, src.vocab_texts, model_dir, top_n=opts.vocab_top_n)
         vocab_info = {"mode": "domain", **stats.to_json()}
-    val_batches = runtime.tokenize(model_dir, val_texts, max_length=length)
-    test_batches = [] if same_texts else runtime.tokenize(model_dir, test_texts, max_length=length)
+    val_batches = runtime.tokenize(model_dir, val_texts, max_length=length, head=head)
+    test_batches = [] if same_texts else runtime.tokenize(model_dir, test_texts, max_length=length, head=head)
 
     model = onnx_export.run(model_dir, out, opset=opts.opset)
     runtime.write_deployed_length(out, length)
@@ -113,7 +118,7 @@ def build(out: Path, src: Source, opts: Options) -> dict:
         calib = [r["text"] for r in src.texts.get("train", [])][: opts.calibration_samples]
         artifacts["int8-static"] = out / FILES["int8-static"]
         quantize.static(model, artifacts["int8-static"], isa=isa, per_channel=opts.per_channel,
-                        calibration=runtime.tokenize(model_dir, calib, batch_size=16, max_length=length))
+                        calibration=runtime.tokenize(model_dir, calib, batch_size=16, max_length=length, head=head))
     if unfused != model:
         unfused.unlink()
     shipped = list(artifacts)[-1]  # the int8 file when there is one: that is what ships to a phone
@@ -122,7 +127,7 @@ def build(out: Path, src: Source, opts: Options) -> dict:
 
         e2e_key = f"e2e-{shipped}"
         artifacts[e2e_key] = out / (E2E_INT8 if shipped.startswith("int8") else E2E_FP32)
-        e2e.build_e2e(artifacts[shipped], out, artifacts[e2e_key], max_length=length)
+        e2e.build_e2e(artifacts[shipped], out, artifacts[e2e_key], max_length=length, head=head)
     fault("quantized")
 
     mobile_info: dict = {}
@@ -176,6 +181,8 @@ def build(out: Path, src: Source, opts: Options) -> dict:
         e["sha256"] = sha256_file(out / e["file"])
     manifest = {"schema": SCHEMA, "source": src.describe(), "opset": opts.opset, "isa": isa,
                 "max_length": length, "vocab": vocab_info,
+                **({"truncation": {"side": "head_tail", "head_tokens": head, "tail_tokens": length - 2 - head}}
+                   if head else {}),
                 "embeddings": {"bits": 4, **embed_info} if embed_info else {"bits": 8 if opts.quantize != "none" else 32},
                 "quantize": opts.quantize, "per_channel": opts.per_channel, "optimize": opts.optimize,
                 "int8_from": "unfused graph" if opts.quantize == "dynamic" else ("fused graph" if fusions else "graph"),

@@ -18,12 +18,16 @@ log = logging.getLogger(__name__)
 Batch = dict[str, np.ndarray]
 
 
-def tokenize(model_dir: Path, texts: list[str], *, max_length: int, batch_size: int = 32) -> list[Batch]:
-    """Token ids as the deployed artifact gets them: the model's tokenizer, truncated at the deployed length."""
+def tokenize(model_dir: Path, texts: list[str], *, max_length: int, batch_size: int = 32, head: int = 0) -> list[Batch]:
+    """Token ids as the deployed artifact gets them: the model's tokenizer, cut at the deployed length
+    (head > 0: the first head tokens and the last ones, as the run trained)."""
     from transformers import AutoTokenizer
 
+    from distill.tokenizing import encode
+
     tok = AutoTokenizer.from_pretrained(model_dir)
-    return [dict(tok(texts[i:i + batch_size], padding=True, truncation=True, max_length=max_length, return_tensors="np"))
+    return [dict(encode(tok, texts[i:i + batch_size], max_length=max_length, head=head, padding=True,
+                        return_tensors="np"))
             for i in range(0, len(texts), batch_size)]
 
 

@@ -39,6 +39,7 @@ class Source:
     texts: dict[str, list[dict]] = field(default_factory=dict)  # split -> [{"text", "label"?}]
     parity_split: str = "validation"
     max_length: int = 256  # the deployed length: the run's own (metrics.json), else the tokenizer's, capped
+    head: int = 0  # > 0: long texts keep their first `head` tokens and their last ones (distill.tokenizing)
     vocab_texts: list[str] = field(default_factory=list)  # what vocabulary pruning keeps: train + transfer + augmented
 
     @property
@@ -54,6 +55,7 @@ class Source:
                 "which": self.which if self.run_dir else None, "model_dir": str(self.model_dir),
                 "model_type": self.config.get("model_type"), "num_labels": self.num_labels,
                 "parity_split": self.parity_split, "max_length": self.max_length,
+                **({"head_tokens": self.head} if self.head else {}),
                 "n": {k: len(v) for k, v in self.texts.items()}}
 
 
@@ -81,7 +83,7 @@ def resolve(path: Path, *, which: str = "student", data: Path | None = None) -> 
         extra = [r["text"] for split in ("transfer", "augmented")
                  for r in read_jsonl(path / "data" / f"{split}.jsonl", required=False)]
         src = Source(model_dir, config, run_dir=path, which=which, texts=texts, max_length=run_max_length(model_dir),
-                     vocab_texts=[r["text"] for r in texts["train"]] + extra)
+                     head=run_head_tokens(model_dir), vocab_texts=[r["text"] for r in texts["train"]] + extra)
         if not texts["validation"]:
             log.warning("%s has no validation rows; the parity gate runs on the test split instead",
                         path / "data" / "validation.jsonl")
@@ -114,6 +116,15 @@ def run_max_length(model_dir: Path) -> int:
         return value
     log.warning("%s records no max_length; deploying at %d tokens", metrics, folder_max_length(model_dir))
     return folder_max_length(model_dir)
+
+
+def run_head_tokens(model_dir: Path) -> int:
+    """The head of a head+tail cut the run trained this model with (its metrics.json); 0 = cut on the right."""
+    try:
+        value = json.loads((model_dir / "metrics.json").read_text()).get("head_tokens")
+    except (OSError, ValueError):
+        value = None
+    return value if isinstance(value, int) and value > 0 else 0
 
 
 def folder_max_length(model_dir: Path) -> int:
