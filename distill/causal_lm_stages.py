@@ -87,7 +87,7 @@ def teacher_stage(ctx: Any, out: Path) -> None:
     from distill.teacher import _subsample
 
     r, t = ctx.recipe, ctx.recipe.teacher
-    data_dir = ctx.run.path / "data"
+    data_dir = ctx.data_dir
     device = choose_device(r.device)
     set_seed(r.seed)
     t0 = time.perf_counter()
@@ -110,12 +110,12 @@ def teacher_stage(ctx: Any, out: Path) -> None:
     if t.train:
         _, train_ids = _ids(tok, [row["text"] for row in train_rows], max_length)
         trainee = apply_lora(model, t.lora, quantized) if t.lora else model
-        ckpt = ctx.run.path / "checkpoints" / "teacher"
+        ckpt = ctx.checkpoints("teacher")
         shutil.rmtree(ckpt, ignore_errors=True)
         trainer = Trainer(model=trainee, args=training_arguments(t, ckpt, device, r.seed, has_eval=False, save=False),
                           train_dataset=Dataset.from_dict({"input_ids": train_ids}),
                           data_collator=lm_collator(tok.pad_token_id or 0),
-                          callbacks=[jsonl_logger(ctx.run.path / "logs" / "train.jsonl", "teacher"),
+                          callbacks=[jsonl_logger(ctx.train_log, "teacher"),
                                      step_callback("teacher")])
         result = trainer.train()
         train_info.update(steps=result.global_step, train_loss=result.training_loss, texts=len(train_ids),
@@ -189,7 +189,7 @@ def student_stage(ctx: Any, out: Path) -> None:
     r, s, d = ctx.recipe, ctx.recipe.student, ctx.recipe.distill
     run = ctx.run.path
     spec = json.loads((run / "teacher" / SPEC_FILE).read_text())
-    tmetrics = json.loads((run / "teacher" / "metrics.json").read_text())
+    tmetrics = ctx.metrics("teacher")
     device = choose_device(r.device)
     teacher, tok = load_saved(run / "teacher")
     set_seed(r.seed)
@@ -242,8 +242,8 @@ def evaluate_stage(ctx: Any, out: Path) -> None:
     from distill.evaluate import _weights_mb
 
     run = ctx.run.path
-    t = json.loads((run / "teacher" / "metrics.json").read_text())
-    s = json.loads((run / "student" / "metrics.json").read_text())
+    t = ctx.metrics("teacher")
+    s = ctx.metrics("student")
 
     def fig(m: Any) -> Any:
         return None if m is None else round(m["perplexity"], 4)

@@ -64,8 +64,8 @@ def _weights_mb(folder: Path) -> float:
 
 def evaluate_stage(ctx: Any, out: Path) -> None:
     run = ctx.run.path
-    t = json.loads((run / "teacher" / "metrics.json").read_text())
-    s = json.loads((run / "student" / "metrics.json").read_text())
+    t = ctx.metrics("teacher")
+    s = ctx.metrics("student")
     seq = s["max_length"]
     rows = {}
     for name, m in (("teacher", t), ("student", s)):

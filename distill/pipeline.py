@@ -1,51 +1,23 @@
-"""`distill run`: the stages of a recipe, in order, in one run directory.
+"""`distill run`: the stages of a recipe (distill/stages.py), in order, in one run directory.
 
-Each stage is a function `(ctx, out_dir) -> None` plus the inputs that decide whether a previous
-output can be reused (the recipe sections it reads and the output digests of the stages it
-depends on). Stages that later issues build are listed with `None` and recorded as `not-built`.
+A stage (distill/stage.py) is a function `(ctx, out_dir) -> None` plus the inputs that decide whether
+a previous output can be reused (the recipe sections it reads and the output digests of the stages
+it depends on). A stage listed with `fn=None` is recorded as `not-built`.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 from distill.distributed import barrier, is_rank_zero, shutdown
 from distill.recipe import Recipe, dump_recipe
 from distill.rundir import RunDir, StageResult
+from distill.stage import Context, Stage
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Context:
-    recipe: Recipe
-    run: RunDir
-    results: dict[str, StageResult] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Stage:
-    name: str
-    fn: Optional[Callable[[Context, Path], None]]
-    # Recipe sections whose values the stage reads: top-level names, or dotted paths to one field
-    # ("data.label_noise") where a stage reads only part of a section.
-    sections: tuple[str, ...]
-    # Stages whose outputs the stage reads.
-    after: tuple[str, ...] = ()
-    description: str = ""
-    # Anything else that decides the output (e.g. the sha256 of a user's data file).
-    fingerprint: Optional[Callable[[Recipe], Any]] = None
-    # Where a stage reads only some of an upstream stage's files: {stage: (file, ...)}. Only those
-    # files' digests then decide reuse (the teacher does not retrain when augmentation changes).
-    reads: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    # Raise it when a code change alters what the stage produces from the same inputs (as seeding
-    # the new classifier head did): `--resume` then rebuilds the stage instead of reusing an output
-    # the current code would not make. Revision 1 adds nothing to the inputs, so runs made before
-    # revisions existed keep their digests.
-    revision: int = 1
 
 
 def _stages() -> list[Stage]:
@@ -103,7 +75,6 @@ def run_recipe(recipe: Recipe, run_dir: Path, *, resume: bool = False, force: bo
                 inputs["revision"] = stage.revision
             notify(stage.name, "start")
             res = run.run_stage(stage.name, inputs, lambda out, st=stage: st.fn(ctx, out), resume=resume)
-            ctx.results[stage.name] = res
             done.append(res)
             notify(stage.name, "reused" if res.skipped else "done")
         shutdown()

@@ -307,7 +307,7 @@ def prompted_teacher_stage(ctx: Any, out: Path) -> None:
     from distill.training import classification_metrics
 
     r, t = ctx.recipe, ctx.recipe.teacher
-    data_dir = ctx.run.path / "data"
+    data_dir = ctx.data_dir
     names = read_labels(data_dir)
     train = read_split(data_dir, "train")
     val, test = read_split(data_dir, "validation"), read_split(data_dir, "test")

@@ -98,7 +98,7 @@ def soft_labels_stage(ctx: Any, out: Path) -> None:
 
     run = ctx.run.path
     teacher, tok = load_teacher(run / "teacher")
-    tmetrics = json.loads((run / "teacher" / "metrics.json").read_text())
+    tmetrics = ctx.metrics("teacher")
     pool = student_pool(run / "data")
     names = read_labels(run / "data")
     t0 = time.perf_counter()

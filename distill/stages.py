@@ -12,7 +12,7 @@ import importlib
 from pathlib import Path
 from typing import Any, Callable
 
-from distill.pipeline import Stage
+from distill.stage import Stage
 
 
 def _lazy(module: str, name: str) -> Callable[[Any, Path], None]:

@@ -151,7 +151,7 @@ def student_stage(ctx: Any, out: Path) -> None:
     teacher, teacher_tok = load_teacher(run / "teacher")
     set_seed(r.seed)  # a new head or projection draws from the global RNG (see teacher_stage)
     student, tok = build_student(r, teacher, teacher_tok, names)
-    tmetrics = json.loads((run / "teacher" / "metrics.json").read_text())
+    tmetrics = ctx.metrics("teacher")
     pool = student_pool(data_dir)
     if r.data.label_noise == "drop" and (run / "teacher" / "label_noise.json").exists():
         dropped = drop_noisy_labels(pool, json.loads((run / "teacher" / "label_noise.json").read_text()))
@@ -190,7 +190,7 @@ def student_stage(ctx: Any, out: Path) -> None:
     # Checkpoints per round (checkpoints/student/round-N), each epoch and every checkpoint_every_s()
     # seconds, for this stage's inputs only: a killed stage resumes inside its last round.
     ckpt_root = run / "checkpoints" / "student"
-    stage_digest = ctx.run.read()["stages"].get("student", {}).get("inputs_sha256", "")
+    stage_digest = ctx.inputs_digest("student")
     _claim_checkpoints(ckpt_root, stage_digest)
     train_log = run / "logs" / "train.jsonl"
     for rnd in range(1, d.rounds + 1):
@@ -316,6 +316,7 @@ def _next_round(run: Path, r: Any, student: Any, tok: Any, pool: list[dict[str, 
     """Augment the examples where student and teacher disagree most, label them with the teacher
     (loaded only for that), and weight them up."""
     from distill.data.augment import augment, corpus_vocab
+    from distill.stage import read_metrics
     from distill.teacher import load_teacher
 
     texts = [p["text"] for p in pool]
@@ -326,7 +327,7 @@ def _next_round(run: Path, r: Any, student: Any, tok: Any, pool: list[dict[str, 
     made = augment([texts[i] for i in hard], ops=cfg.ops, rate=cfg.rate, multiplier=max(1, cfg.multiplier),
                    seed=r.seed + 1000 * rnd, vocab=corpus_vocab(texts), exclude=held | set(texts))
     teacher, ttok = load_teacher(run / "teacher")
-    tmetrics = json.loads((run / "teacher" / "metrics.json").read_text())
+    tmetrics = read_metrics(run, "teacher")
     soft = label_texts(teacher, ttok, [t for t, _ in made], tmetrics["max_length"], previous=soft,
                        head=tmetrics.get("head_tokens", 0))
     del teacher

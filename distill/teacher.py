@@ -74,7 +74,7 @@ def teacher_stage(ctx: Any, out: Path) -> None:
         from distill.prompted import prompted_teacher_stage
 
         return prompted_teacher_stage(ctx, out)
-    data_dir = ctx.run.path / "data"
+    data_dir = ctx.data_dir
     names = read_labels(data_dir)
     train = _subsample(read_split(data_dir, "train"), t.max_train_samples, r.seed)
     val, test = read_split(data_dir, "validation"), read_split(data_dir, "test")
@@ -97,10 +97,10 @@ def teacher_stage(ctx: Any, out: Path) -> None:
     t0 = time.perf_counter()
     train_info: dict[str, Any] = {"trained": t.train}
     if t.train:
-        ckpt_dir = ctx.run.path / "checkpoints" / "teacher"
-        stage_digest = ctx.run.read()["stages"].get("teacher", {}).get("inputs_sha256", "")
+        ckpt_dir = ctx.checkpoints("teacher")
+        stage_digest = ctx.inputs_digest("teacher")
         resume_from = prepare_checkpoints(ckpt_dir, stage_digest)
-        train_log = ctx.run.path / "logs" / "train.jsonl"
+        train_log = ctx.train_log
         # The killed attempt's rows past the checkpoint (all earlier teacher rows on a fresh start)
         # go, so the log, and training.png, read as one run.
         trim_train_log(train_log, "teacher", checkpoint_step(resume_from) if resume_from else 0)
@@ -167,7 +167,7 @@ def teacher_stage(ctx: Any, out: Path) -> None:
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     if r.data.label_noise != "keep":
         (out / "label_noise.json").write_text(json.dumps(noisy, indent=2, ensure_ascii=False) + "\n")
-    shutil.rmtree(ctx.run.path / "checkpoints" / "teacher", ignore_errors=True)
+    shutil.rmtree(ctx.checkpoints("teacher"), ignore_errors=True)
 
 
 def load_teacher(folder: Path) -> tuple[Any, Any]:
