@@ -2,7 +2,7 @@
 
 Every measurement runs in its own process (bench.lm_worker), pinned to the target's cores with
 its thread count, as bench/ does for classifiers. Artifacts: the student's ONNX files from
-`python -m export.causal_lm` (fp32 and int8, KV cache) and the student in PyTorch fp32 as the
+`distill export onnx` (fp32 and int8, KV cache) and the student in PyTorch fp32 as the
 reference row. Prompt length: the recipe's bench.seq; tokens generated: lm.new_tokens.
 
     python -m bench.causal_lm models/NAME   # -> models/NAME/bench/results.json, report.md

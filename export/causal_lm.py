@@ -8,14 +8,13 @@ with optimum's `ORTModelForCausalLM.generate` and with PyTorch's `generate`, and
 tokens. fp32 must match on every prompt (ExportError otherwise, unless allow_mismatch); int8 is
 reported, prompt by prompt, with the first position where it leaves PyTorch's path.
 
-    python -m export.causal_lm models/NAME   # -> models/NAME/onnx/ (model.onnx, model.int8-dynamic.onnx, export.json)
+    distill export onnx models/NAME   # -> models/NAME/onnx/ (model.onnx, model.int8-dynamic.onnx, export.json)
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -242,24 +241,3 @@ def export_run(run_dir: Path | str, *, which: str = "student", allow_mismatch: b
     if box["artifacts"]["fp32"]["status"] == "failed" and not allow_mismatch:
         raise ExportError(f"fp32 ONNX greedy generation differs from PyTorch's (see {rd.path / name / 'export.json'}).")
     return box
-
-
-def main(argv: list[str]) -> int:
-    import argparse
-
-    p = argparse.ArgumentParser(prog="python -m export.causal_lm", description=__doc__.split("\n\n")[0])
-    p.add_argument("run_dir", type=Path)
-    p.add_argument("--which", choices=["student", "teacher"], default="student")
-    p.add_argument("--allow-mismatch", action="store_true")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    m = export_run(args.run_dir, which=args.which, allow_mismatch=args.allow_mismatch)
-    for k, a in m["artifacts"].items():
-        g = a["greedy"]
-        print(f"{k:<13} {a['size_bytes'] / 1e6:8.1f} MB  greedy = PyTorch on {g['matched']}/{g['n']} prompts, "
-              f"next-token agreement {g['teacher_forced']['argmax_agreement']:.4f}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

@@ -70,8 +70,9 @@ def resolve(path: Path, *, which: str = "student", data: Path | None = None) -> 
                           "or a Hugging Face model folder (config.json + model.safetensors + tokenizer files).")
     if is_run_dir(path):
         if _run_task(path) == "causal-lm":
-            raise ExportError(f"{path} is a task: causal-lm run; export it with `python -m export.causal_lm {path}` "
-                              "(ONNX with KV cache, int8, greedy-generation check against PyTorch).")
+            raise ExportError(f"{path} is a task: causal-lm run; export it with `distill export onnx {path}` "
+                              "(or export.causal_lm.export_run from Python: ONNX with KV cache, int8, greedy-generation "
+                              "check against PyTorch).")
         model_dir = path / which
         if not model_dir.is_dir():
             raise ExportError(f"The run directory {path} has no {which}/ folder yet. Run `distill run` until the "
