@@ -300,7 +300,7 @@ def test_tiny_export_under_emulation(tiny_bert, tmp_path, monkeypatch):
     """Real qemu: a tiny run exported with --check-arm64, then benched on the little-core profile."""
     from bench.api import run_bench
     from export.api import export_onnx
-    from test_export import make_run
+    from tiny import make_run
 
     monkeypatch.setenv("DISTILL_CACHE", REAL_CACHE)
     arm64_env.build()  # reused when built; minutes and about 400 MB the first time

@@ -1,5 +1,5 @@
 """task: causal-lm on tiny Llamas built offline from configs (the byte-level BPE tokenizer of
-test_prompted): a student of all the teacher's layers is the teacher, the top-k cache and the KL
+tiny.make_tiny_llama): a student of all the teacher's layers is the teacher, the top-k cache and the KL
 and perplexity values against direct computations, the whole `distill run`, and ONNX-with-past
 greedy generation against PyTorch's."""
 
@@ -11,9 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_data import corpus, write_csv
-from test_prompted import make_tiny_llama
-from tiny import CORPUS
+from tiny import CORPUS, corpus, make_tiny_llama, write_csv
 from typer.testing import CliRunner
 
 from distill.causal_lm import (TopK, lm_ids, lm_losses, perplexity, student_from_layers, teacher_topk, collate_topk,
@@ -26,7 +24,7 @@ TEXTS = CORPUS[:6] + ["ok", "a gripping and beautifully acted film, one of the b
 
 
 def make_tiny_lm(folder: Path, layers: int = 4, tie: bool = True, seed: int = 0) -> Path:
-    """A Llama of `layers` decoder layers (embeddings tied to the head or not) with test_prompted's tokenizer."""
+    """A Llama of `layers` decoder layers (embeddings tied to the head or not) with tiny.make_tiny_llama's tokenizer."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 

@@ -5,7 +5,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -72,7 +71,7 @@ def test_assets_install_unknown_name_is_refused():
 
 
 def test_run_writes_resolved_recipe_and_refuses_to_mix_runs(tmp_path, tiny_bert):
-    from test_data import corpus, write_csv
+    from tiny import corpus, write_csv
 
     csv = write_csv(tmp_path, corpus(4))
     base = ["run", "--models-dir", str(tmp_path)]
@@ -91,7 +90,10 @@ def test_run_writes_resolved_recipe_and_refuses_to_mix_runs(tmp_path, tiny_bert)
     assert invoke(*base, "--force").exit_code == 0
     r = invoke("summary", str(run))
     assert r.exit_code == 0 and "student" in r.output
-    assert invoke("summary", str(tmp_path)).exit_code == 2
+    r = invoke("summary", str(tmp_path))  # a folder of runs, not a run: names it and the fix
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    flat = " ".join(r.output.split())  # the console wraps long lines
+    assert f"{tmp_path} is not a run directory (no run.json)" in flat and "pass models/NAME" in flat, r.output
 
 
 def test_run_on_a_locked_directory_exits_4(tmp_path):
@@ -118,16 +120,18 @@ def test_installed_command_runs_in_a_real_process(tmp_path):
     assert "studnet" in proc.stderr and "'student'" in proc.stderr and "Traceback" not in proc.stderr
 
 
+HEAVY = ("torch", "transformers", "onnxruntime", "optimum", "datasets", "pydantic", "matplotlib")
+
+
 def test_help_is_fast_because_heavy_imports_are_lazy():
-    code = ("import sys, distill.cli; heavy = [m for m in ('torch', 'transformers', 'onnxruntime', 'optimum', "
-            "'datasets', 'pydantic', 'matplotlib') if m in sys.modules]; print(heavy)")
+    """What keeps `distill --help` fast: neither importing the CLI nor printing its help imports a
+    heavy library. (How fast it is on a given machine is a benchmark, not a unit test.)"""
+    code = f"import sys, distill.cli; print([m for m in {HEAVY!r} if m in sys.modules])"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.stdout.strip() == "[]", proc.stdout + proc.stderr
-    best = min(_timed([_distill_exe(), "--help"]) for _ in range(3))
-    assert best < 2.0
-
-
-def _timed(cmd):
-    t = time.perf_counter()
-    subprocess.run(cmd, capture_output=True, check=True)
-    return time.perf_counter() - t
+    code = ("import sys\nfrom distill.cli import main\nsys.argv = ['distill', '--help']\n"
+            "try:\n    main()\nexcept SystemExit as e:\n    code = e.code\n"
+            f"print('HEAVY', code, [m for m in {HEAVY!r} if m in sys.modules])")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.stdout.strip().splitlines()[-1] == "HEAVY 0 []", proc.stdout + proc.stderr
+    assert "Usage" in proc.stdout and "run" in proc.stdout and "Traceback" not in proc.stderr

@@ -5,6 +5,7 @@ import json
 import pandas as pd
 import pytest
 from conftest import asset_installed
+from tiny import corpus, write_csv
 from typer.testing import CliRunner
 
 from distill.cli import app
@@ -14,30 +15,9 @@ from distill.data.prepare import prepare, write
 from distill.errors import DataError
 from distill.recipe import load_recipe
 
-POS = ["a gripping film", "warm and funny", "the best movie", "terrific cast", "a delight", "moving and smart",
-       "great fun", "superb acting", "a joy to watch", "beautifully shot", "clever script", "charming story"]
-NEG = ["dull and slow", "a tedious mess", "boring plot", "flat jokes", "lifeless", "predictable script",
-       "far too long", "badly acted", "a chore", "weak ending", "no laughs", "a waste of time"]
-
 
 def recipe_for(path, *sets):
     return load_recipe(None, [f"data.source={path}", *sets])
-
-
-def write_csv(tmp_path, rows, name="d.csv", **kw):
-    p = tmp_path / name
-    pd.DataFrame(rows).to_csv(p, index=False, **kw)
-    return p
-
-
-def corpus(n_groups=10):
-    rows = []
-    for g in range(n_groups):
-        for i, t in enumerate(POS):
-            rows.append({"text": f"{t} number {g} {i}", "label": "pos", "film": f"f{g}"})
-        for i, t in enumerate(NEG):
-            rows.append({"text": f"{t} number {g} {i}", "label": "neg", "film": f"f{g}"})
-    return rows
 
 
 def test_cleaning_counts_every_change_and_drop():
@@ -217,6 +197,8 @@ def test_bad_data_gets_a_clear_error(tmp_path, case, expect):
         prepare(recipe_for(p).data, 0)
     r = CliRunner().invoke(app, ["data", "inspect", str(p)])
     assert r.exit_code == 2 and "Traceback" not in r.output
+    flat = " ".join(r.output.split())  # the same message on the command line, naming the file
+    assert expect in flat and p.name in flat, r.output
 
 
 def test_nan_and_empty_labels_are_counted_drops(tmp_path):
@@ -231,20 +213,27 @@ def test_other_encoding_via_recipe(tmp_path):
     assert "café 0" in set(pd.concat(prep.splits.values())["text"])
 
 
-def test_run_writes_the_data_stage_and_resume_reuses_it(tmp_path):
+@pytest.mark.parametrize("teacher", ["tiny-bert", pytest.param("minilm-l6", marks=pytest.mark.slow)])
+def test_run_writes_the_data_stage_and_resume_reuses_it(tmp_path, teacher, request):
+    """The default recipe run on a small CSV; the data stage is what is tested. `minilm-l6`: the packaged
+    teacher as shipped (3 steps of it, a student from its layers), minutes of CPU, so `slow`; `tiny-bert`:
+    the same run with the tiny BERT as the teacher (a 1-layer student of its 2), in seconds."""
     p = write_csv(tmp_path, corpus(5))
     runner = CliRunner()
     args = ["run", "--set", f"data.source={p}", "--set", "name=d", "--models-dir", str(tmp_path / "m"),
             "--set", "teacher.min_steps=0", "--set", "student.min_steps=0"]  # the data stage is what is tested
+    if teacher == "tiny-bert":
+        args += ["--set", f"teacher.model={request.getfixturevalue('tiny_bert')}", "--set", "student.layers=[1]"]
     r = runner.invoke(app, args)
     assert r.exit_code == 0, r.output
     run = tmp_path / "m" / "d"
     report = json.loads((run / "data" / "data_report.json").read_text())
     assert report["rows_kept"] == 120
     r = runner.invoke(app, args + ["--resume"])
-    assert "reused" in r.output
+    assert r.exit_code == 0 and "reused" in r.output, r.output
     p.write_text(p.read_text() + "one more new row,pos,f9\n")  # a changed data file re-runs the stage
     r = runner.invoke(app, args + ["--resume"])
+    assert r.exit_code == 0, r.output
     assert "reused" not in r.output.split("data")[1].split("\n")[0]
 
 

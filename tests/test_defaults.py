@@ -7,8 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from test_data import corpus, write_csv
-from test_pipeline import FAST
+from tiny import FAST, corpus, write_csv
 from typer.testing import CliRunner
 
 from distill.advice import advise
@@ -107,6 +106,7 @@ def test_advice_names_the_floor_the_early_stop_and_the_fix(tmp_path):
     assert "102.5% of its teacher" in text
     assert "62.0% of the training texts are longer than max_length (256 tokens)" in text
     assert "--set teacher.max_length=512 --set student.max_length=512" in tries
+    assert "--set teacher.truncation=head_tail --set student.truncation=head_tail" in text  # same latency
 
 
 def test_advice_on_skewed_classes_and_a_floored_length(tmp_path):

@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 
 from export.api import export_onnx
-from test_export import make_run
-from tiny import make_tiny_bert
+from tiny import make_run, make_tiny_bert
 
 LENGTH = 12  # shorter than several test texts, so truncation matters
 

@@ -9,8 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from test_data import corpus, write_csv
-from test_pipeline import FAST
+from tiny import FAST, corpus, write_csv
 
 
 def _free_port() -> int:

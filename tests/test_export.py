@@ -14,24 +14,10 @@ import pytest
 
 from distill.errors import ExportError, ParityError
 from export.api import export_onnx
-from tiny import CORPUS, make_tiny_bert
+from tiny import CORPUS, make_run, make_tiny_bert
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = {"quantize": "none", "ort": False}  # the quickest complete export, for tests about the folder
-
-
-def make_run(root: Path, model: Path, *, teacher: bool = False) -> Path:
-    """A run directory as `distill run` leaves it (models/README.md): student/ + data/*.jsonl."""
-    run = root / "models" / "tiny"
-    shutil.copytree(model, run / "student")
-    if teacher:
-        shutil.copytree(model, run / "teacher")
-    (run / "data").mkdir(parents=True)
-    rows = [{"text": f"{t} {w}", "label": i % 2} for w in ("indeed", "really", "so", "truly")
-            for i, t in enumerate(CORPUS)]  # CORPUS alternates positive / negative
-    for split, part in (("train", rows[:16]), ("validation", rows[16:24]), ("test", rows[24:])):
-        (run / "data" / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part))
-    return run
 
 
 @pytest.fixture(scope="module")

@@ -5,15 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_data import corpus, write_csv
+from tiny import FAST, corpus, write_csv
 from typer.testing import CliRunner
 
 from distill.cli import app
 from distill.recipe import load_recipe
-
-FAST = ["data.augment.multiplier=0", "teacher.epochs=4", "teacher.warmup_ratio=0", "teacher.early_stopping_patience=0", "student.epochs=2", "teacher.batch_size=8", "student.batch_size=8",
-        "student.layers=[1]", "teacher.learning_rate=5e-3", "student.learning_rate=5e-3",
-        "teacher.min_steps=0", "student.min_steps=0"]
 
 
 @pytest.fixture(scope="module")
@@ -110,10 +106,47 @@ def test_few_shot_with_augmentation_curriculum_rounds_and_noise_drop(tmp_path, t
     assert (rd / "teacher" / "label_noise.json").exists()
 
 
-def test_self_paced_curriculum_runs(tmp_path, tiny_bert, csv_path):
+def test_self_paced_curriculum_runs(tmp_path, tiny_bert, csv_path, monkeypatch):
+    """The student's sampler starts from the teacher's margins, is re-scored by the student's own KL
+    to the teacher at the second epoch's start, and widens its pool in the four steps of `step` pacing."""
+    import numpy as np
+
+    from distill import student as student_stage
+
+    made = []  # (sampler, its first scores, the scores of every update_scores call)
+    real = student_stage.make_sampler
+
+    def spy(*args, **kwargs):
+        sampler = real(*args, **kwargs)
+        updates: list = []
+        update = sampler.update_scores
+
+        def recorded(scores):
+            updates.append(np.array(scores))
+            update(scores)
+
+        sampler.update_scores = recorded
+        made.append((sampler, np.array(sampler.scores), updates))
+        return sampler
+
+    monkeypatch.setattr(student_stage, "make_sampler", spy)
     r = run(tmp_path, tiny_bert, csv_path, "distill.curriculum.scorer=self-paced", "distill.curriculum.pacing=step",
             name="sp")
     assert r.exit_code == 0, r.output
+    s = json.loads((tmp_path / "models" / "sp" / "student" / "metrics.json").read_text())
+    cur = s["curriculum"]
+    assert cur["scorer"] == "self-paced" and cur["pacing"] == "step"
+    assert len(made) == 1  # one round, one sampler
+    sampler, first, updates = made[0]
+    n = s["rounds"][0]["pool"]
+    assert len(first) == n and np.all((first >= 0) & (first <= 1))  # 1 - teacher margin
+    # student.epochs=2: re-scored once, at the second epoch's start, by a KL (>= 0) that differs from the margins
+    assert len(updates) == 1 and updates[0].shape == (n,) and np.all(updates[0] >= 0)
+    assert not np.allclose(updates[0], first)
+    # step pacing: the easiest `start` share first, then four equal steps up to the whole pool, never narrowing
+    want = {min(max(round((cur["start"] + (1 - cur["start"]) * k / 4) * n), sampler.batch_size), n) for k in range(5)}
+    assert set(sampler.pool_sizes) == want and sampler.pool_sizes == sorted(sampler.pool_sizes)
+    assert sampler.pool_sizes[0] < n == sampler.pool_sizes[-1]
 
 
 def test_same_recipe_and_seed_give_identical_student_metrics(tmp_path, tiny_bert, csv_path):
@@ -187,8 +220,13 @@ def test_eight_bit_teacher_loads_on_cpu_where_bitsandbytes_allows(tiny_bert):
 
 
 def test_recipe_validation_catches_hidden_loss_typos():
-    with pytest.raises(Exception, match="hidden_mse"):
+    from distill.errors import RecipeError
+
+    # the key, where it came from (--set) and the fix (the near name and the valid ones)
+    with pytest.raises(RecipeError, match=r"--set: distill\.losses: unknown loss 'hiden_mse' \(did you mean "
+                                          r"'hidden_mse'\?\); valid: kl, ce, mse, hidden_mse, hidden_cos") as e:
         load_recipe(None, ["distill.losses={hiden_mse: 1.0}"])
+    assert len(e.value.problems) == 1
 
 
 def test_new_head_init_does_not_depend_on_what_ran_before_in_the_process(tmp_path, tiny_bert, csv_path):

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_data import corpus, write_csv
-from tiny import CORPUS
+from tiny import CORPUS, corpus, make_tiny_llama, write_csv
 from typer.testing import CliRunner
 
 from distill.cli import app
@@ -20,38 +19,8 @@ from distill.recipe import dump_recipe, load_recipe
 
 NAMES = ["neg", "pos"]
 VERBALIZERS = ["verbalizers={neg: terrible, pos: good}"]
-CHATML = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{% endfor %}"
-          "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
 TRAIN = [{"text": t, "label": 1} for t in CORPUS[0::2]] + [{"text": t, "label": 0} for t in CORPUS[1::2]]
 TEXTS = ["a gripping film", "boring slow and far too long, with a predictable script", "ok", "warm funny and moving"]
-
-
-def make_tiny_llama(folder: Path, chat: bool, seed: int = 0, hidden: int = 32, kv_heads: int = 2,
-                    init: float = 0.3) -> Path:
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    folder.mkdir(parents=True, exist_ok=True)
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    specials = ["<pad>", "<s>", "<|im_start|>", "<|im_end|>"]
-    tok.train_from_iterator(CORPUS * 4, trainers.BpeTrainer(vocab_size=320, special_tokens=specials,
-                                                            initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="<|im_end|>",
-                                   model_max_length=1024)
-    if chat:
-        fast.chat_template = CHATML
-    fast.save_pretrained(folder)
-    torch.manual_seed(seed)
-    # A wide init, so that the next-token distribution is far from uniform and differences show.
-    config = LlamaConfig(vocab_size=len(fast), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=kv_heads, max_position_embeddings=1024,
-                         initializer_range=init, pad_token_id=0, bos_token_id=1, eos_token_id=3,
-                         tie_word_embeddings=False)
-    LlamaForCausalLM(config).save_pretrained(folder, safe_serialization=True)
-    return folder
 
 
 @pytest.fixture(scope="module", params=[True, False], ids=["chat-template", "plain-prompt"])

@@ -36,9 +36,20 @@ def test_any_bytes_as_a_recipe_file_give_a_recipe_or_a_clean_error(tmp_path, raw
     p = tmp_path / "r.yaml"
     p.write_bytes(raw)
     try:
-        load_recipe(p)
-    except RecipeError:
-        pass
+        raw.decode("utf-8")
+        bad_byte = None
+    except UnicodeDecodeError as e:
+        bad_byte = e.start
+    try:
+        recipe = load_recipe(p)
+    except RecipeError as e:
+        # one paragraph naming the file, then each problem on its own line
+        assert e.source == str(p) and str(e).startswith(f"{p}: {len(e.problems)} problem")
+        assert e.problems and all(x.strip() for x in e.problems)
+        if bad_byte is not None:  # names the byte and the fix
+            assert e.problems == [f"not UTF-8 text (byte {bad_byte}); save the recipe as UTF-8"]
+    else:
+        assert isinstance(recipe, Recipe) and bad_byte is None
 
 
 @settings(max_examples=200, deadline=None)

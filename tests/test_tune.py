@@ -7,8 +7,7 @@ import json
 
 import optuna
 import pytest
-from test_data import corpus, write_csv
-from test_pipeline import FAST
+from tiny import FAST, corpus, write_csv
 from typer.testing import CliRunner
 
 from distill.cli import app
