@@ -236,6 +236,13 @@ class Export(_Section):
     embeddings_block_size: int = Field(32, ge=16, description="Block size of int4 embeddings (a power of two dividing the hidden size).")
     e2e: bool = Field(True, description="Also write model.e2e.int8.onnx (and .ort): strings in, tokenizer inside the graph (ONNX Runtime Extensions), label and probabilities out.")
 
+    @model_validator(mode="after")
+    def _int4_needs_dynamic(self) -> "Export":
+        if self.embeddings == "int4" and self.quantize != "dynamic":
+            raise ValueError(f"embeddings int4 goes with quantize dynamic (got {self.quantize!r}): 4-bit embeddings are "
+                             "block-quantized beside dynamic int8; set quantize: dynamic or embeddings: int8")
+        return self
+
 
 class Target(_Section):
     name: str = Field(..., description="Target name used in reports.")

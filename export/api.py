@@ -45,13 +45,9 @@ class ExportResult:
         return all(a["parity"]["passed"] for a in self.artifacts.values())
 
 
-def export_onnx(path: Path | str, *, which: str = "student", quantize: str = "dynamic", isa: str = "auto",
-                optimize: bool = True, opset: int = 17, calibration_samples: int = 256, per_channel: bool = False,
-                ort: bool = True, allow_mismatch: bool = False, output: Path | str | None = None,
-                force: bool = False, fp32_atol: float = 1e-4, int8_min_agreement: float = 0.99,
-                data: Path | str | None = None, arm64: Optional[dict] = None, vocab: str = "full",
-                vocab_top_n: Optional[int] = None, e2e: bool = True, embeddings: str = "int8",
-                embeddings_block_size: int = 32) -> ExportResult:
+def export_onnx(path: Path | str, *, which: str = "student", output: Path | str | None = None, force: bool = False,
+                data: Path | str | None = None, arm64: Optional[dict] = None, allow_mismatch: bool = False,
+                **options) -> ExportResult:
     """Export a run's student/teacher (or a model folder) to ONNX, fused, int8, parity-checked, .ort.
 
     path: a run directory (models/NAME) or a Hugging Face model folder. data: for a model folder,
@@ -60,17 +56,17 @@ def export_onnx(path: Path | str, *, which: str = "student", quantize: str = "dy
     after writing the output with that artifact marked failed, unless allow_mismatch.
     arm64: options of the ARM check ({"qemu_cpu": "max", "graph_optimization_level": "all"}), None for
     none; its failure (labels that differ between ARM and this host) is a ParityError too.
-    vocab: "domain" prunes the embedding rows to the tokens the run's texts use (vocab_top_n: only the
-    most frequent N of them); e2e: also write the end-to-end graph (strings in, tokenizer inside);
-    embeddings: "int4" stores the word-embedding table in 4 bits (block-quantized, dynamic int8 only).
+    options: keys of a recipe's `export:` section (quantize, isa, optimize, opset, calibration_samples,
+    per_channel, ort, fp32_atol, int8_min_agreement, vocab, vocab_top_n, embeddings,
+    embeddings_block_size, e2e; docs/recipe-reference.md). Those not given come from the run's
+    recipe.yaml for a run directory, else from the section's defaults: the one set of defaults
+    `distill export onnx` uses too (its flags are these options).
     """
-    _check_args(which=which, quantize=quantize, opset=opset, calibration_samples=calibration_samples,
-                vocab=vocab, vocab_top_n=vocab_top_n, embeddings=embeddings)
-    opts = Options(which=which, quantize=quantize, isa=isa, optimize=optimize, opset=opset,
-                   calibration_samples=calibration_samples, per_channel=per_channel, ort=ort,
-                   allow_mismatch=allow_mismatch, fp32_atol=fp32_atol, int8_min_agreement=int8_min_agreement,
-                   vocab=vocab, vocab_top_n=vocab_top_n, e2e=e2e, embeddings=embeddings,
-                   embeddings_block_size=embeddings_block_size)
+    if which not in ("student", "teacher"):
+        raise ExportError(f"Invalid export options: which={which!r} (student or teacher).")
+    path = Path(path)
+    settings = export_settings(path, options)
+    opts = Options(which=which, allow_mismatch=allow_mismatch, **settings.model_dump())
     path = Path(path)
     src = resolve(path, which=which, data=Path(data) if data else None)
     if arm64 is not None:
@@ -101,27 +97,27 @@ def export_onnx(path: Path | str, *, which: str = "student", quantize: str = "dy
     return result
 
 
-def _check_args(*, which: str, quantize: str, opset: int, calibration_samples: int, vocab: str = "full",
-                vocab_top_n: Optional[int] = None, embeddings: str = "int8") -> None:
-    problems = []
-    if which not in ("student", "teacher"):
-        problems.append(f"which={which!r} (student or teacher)")
-    if quantize not in ("dynamic", "static", "none"):
-        problems.append(f"quantize={quantize!r} (dynamic, static or none)")
-    if not 11 <= opset <= 21:
-        problems.append(f"opset={opset} (11 to 21)")
-    if calibration_samples < 1:
-        problems.append(f"calibration_samples={calibration_samples} (at least 1)")
-    if vocab not in ("full", "domain"):
-        problems.append(f"vocab={vocab!r} (full or domain)")
-    if embeddings not in ("int8", "int4"):
-        problems.append(f"embeddings={embeddings!r} (int8 or int4)")
-    elif embeddings == "int4" and quantize != "dynamic":
-        problems.append("embeddings=int4 with quantize " + repr(quantize) + " (4-bit embeddings go with dynamic int8)")
-    if vocab_top_n is not None and vocab_top_n < 1:
-        problems.append(f"vocab_top_n={vocab_top_n} (at least 1, or None for every token the texts use)")
-    if problems:
-        raise ExportError("Invalid export options: " + "; ".join(problems) + ".")
+def export_settings(path: Path, given: dict):
+    """The export section in force: given options over the run's recipe.yaml `export:` (a run directory),
+    over the section's defaults; a bad key or value is an ExportError naming it."""
+    from pydantic import ValidationError
+
+    from distill.recipe import Export, load_recipe
+
+    recipe_file = Path(path) / "recipe.yaml"
+    base = load_recipe(recipe_file).export.model_dump() if recipe_file.is_file() else {}
+    try:
+        return Export.model_validate({**base, **given})
+    except ValidationError as e:
+        def problem(err: dict) -> str:
+            key = ".".join(map(str, err["loc"]))
+            if err["type"] == "extra_forbidden":
+                return f"{key} is not an export option (valid: {', '.join(Export.model_fields)})"
+            return f"{key}={err.get('input')!r}: {err['msg']}" if key else err["msg"]
+
+        problems = "; ".join(problem(err) for err in e.errors())
+        raise ExportError(f"Invalid export options: {problems}. The options are the keys of a recipe's export "
+                          "section (`distill recipe schema`, docs/recipe-reference.md).") from None
 
 
 def _build(tmp: Path, src, opts: Options, arm64: Optional[dict]) -> tuple[dict, Optional[dict]]:

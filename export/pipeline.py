@@ -32,22 +32,25 @@ E2E_CONFIG = "required_operators.e2e.config"  # the e2e .ort's operators (a redu
 
 @dataclass(frozen=True)
 class Options:
-    which: str = "student"
-    quantize: str = "dynamic"  # dynamic | static | none
-    isa: str = "auto"  # auto | avx512_vnni | avx2 | arm64
-    optimize: bool = True
-    opset: int = 17
-    calibration_samples: int = 256
-    per_channel: bool = False
-    ort: bool = True
-    allow_mismatch: bool = False
-    fp32_atol: float = 1e-4
-    int8_min_agreement: float = 0.99
-    vocab: str = "full"  # full | domain (embedding rows pruned to the tokens the run's texts use)
-    vocab_top_n: Optional[int] = None  # domain: keep only the N most frequent of those (plus specials, characters)
-    e2e: bool = True  # also the end-to-end graph: strings in (tokenizer inside), label and probabilities out
-    embeddings: str = "int8"  # int8 | int4 (dynamic int8 only: the word-embedding table block-quantized to 4 bits)
-    embeddings_block_size: int = 32
+    """What `build` does: which model, the recipe's export section (distill.recipe.Export, where every
+    default and its reason live; export.api.export_settings resolves it) and whether a failed gate stops."""
+
+    which: str
+    quantize: str  # dynamic | static | none
+    isa: str  # auto | avx512_vnni | avx2 | arm64
+    optimize: bool
+    opset: int
+    calibration_samples: int
+    per_channel: bool
+    ort: bool
+    allow_mismatch: bool
+    fp32_atol: float
+    int8_min_agreement: float
+    vocab: str  # full | domain (embedding rows pruned to the tokens the run's texts use)
+    vocab_top_n: Optional[int]  # domain: keep only the N most frequent of those (plus specials, characters)
+    e2e: bool  # also the end-to-end graph: strings in (tokenizer inside), label and probabilities out
+    embeddings: str  # int8 | int4 (dynamic int8 only: the word-embedding table block-quantized to 4 bits)
+    embeddings_block_size: int
 
 
 def fault(step: str) -> None:

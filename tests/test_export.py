@@ -152,6 +152,27 @@ def test_cli_export_defaults_come_from_the_runs_recipe_and_flags_win(tiny_bert, 
     assert json.loads((run / "onnx" / "export.json").read_text())["opset"] == 14
 
 
+def test_the_python_api_takes_the_same_options_and_defaults_as_the_recipe_and_the_cli(tiny_bert, tmp_path):
+    from distill.recipe import Export
+    from export.api import export_settings
+
+    run = make_run(tmp_path, tiny_bert)
+    # no recipe.yaml: the export section's defaults, per-channel int8 included (the CLI's defaults too)
+    assert export_settings(run, {}) == Export() and export_settings(run, {}).per_channel is True
+    (run / "recipe.yaml").write_text("name: tiny\nexport:\n  quantize: none\n  opset: 15\n")
+    got = export_settings(run, {"opset": 14})
+    assert (got.quantize, got.opset, got.per_channel) == ("none", 14, True)  # given > recipe.yaml > defaults
+    with pytest.raises(ExportError, match=r"quantise is not an export option \(valid: quantize, isa,"):
+        export_settings(run, {"quantise": "static"})
+    with pytest.raises(ExportError, match=r"opset=9: Input should be greater than or equal to 11"):
+        export_settings(run, {"opset": 9})
+    with pytest.raises(ExportError, match="embeddings int4 goes with quantize dynamic"):
+        export_settings(run, {"embeddings": "int4"})  # recipe.yaml says quantize: none
+    res = export_onnx(run, ort=False, e2e=False)  # recipe.yaml's quantize: none and opset 15 apply here too
+    assert res.manifest["opset"] == 15 and sorted(res.artifacts) == ["fp32"]
+    assert res.manifest["options"]["per_channel"] is True
+
+
 def test_existing_output_is_refused_unless_force(tiny_bert, tmp_path):
     out = tmp_path / "out"
     export_onnx(tiny_bert, output=out, **FAST)

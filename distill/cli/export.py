@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
 import typer
 
@@ -35,17 +35,6 @@ class Isa(str, Enum):
     avx512_vnni = "avx512_vnni"
     avx2 = "avx2"
     arm64 = "arm64"
-
-
-def _export_options(rec: Any, given: dict[str, Any]) -> dict[str, Any]:
-    """Export options: a flag the user gave wins, then the run's recipe `export:` section, then its defaults."""
-    from distill.recipe import Export
-
-    section = (rec.export if rec is not None else Export()).model_dump()
-    opts = {k: section[k] if v is None else v for k, v in given.items()}
-    opts["fp32_atol"], opts["int8_min_agreement"] = section["fp32_atol"], section["int8_min_agreement"]
-    opts["embeddings_block_size"] = section["embeddings_block_size"]
-    return opts
 
 
 def _export_causal_lm(path: Path, which: str, allow_mismatch: bool) -> None:
@@ -84,11 +73,13 @@ def export_onnx(
     rec = _run_recipe(path)
     if rec is not None and rec.task == "causal-lm":
         return _export_causal_lm(path, which.value, allow_mismatch)
+    # A flag the user gave overrides the run's recipe `export:` section, which overrides the section's defaults
+    # (export.api.export_settings does the merge, for the Python API too).
     given = {"quantize": quantize and quantize.value, "isa": isa and isa.value, "optimize": optimize, "opset": opset,
              "calibration_samples": calibration_samples, "per_channel": per_channel, "ort": ort,
              "vocab": vocab and vocab.value, "vocab_top_n": vocab_top_n, "e2e": e2e,
              "embeddings": embeddings and embeddings.value}
-    opts = _export_options(rec, given)
-    res = run_export(path, which=which.value, **opts, allow_mismatch=allow_mismatch, output=output, force=force,
+    res = run_export(path, which=which.value, **{k: v for k, v in given.items() if v is not None},
+                     allow_mismatch=allow_mismatch, output=output, force=force,
                      arm64={"qemu_cpu": arm64_cpu, "graph_optimization_level": arm64_opt_level.value} if check_arm64 else None)
     views.print_export(out, res)
