@@ -22,12 +22,34 @@ class DeviceChoice:
         return "bf16" if self.bf16 else "fp16" if self.fp16 else "fp32"
 
 
-def choose_device(requested: str, cuda_available: Optional[bool] = None,
-                  bf16_supported: Optional[bool] = None) -> DeviceChoice:
-    """auto: CUDA when present (bf16 where the GPU supports it, else fp16), else CPU fp32.
+CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of bf16 matrix units (Zen 4+, Sapphire Rapids+)
 
-    The two probes are parameters so the decision is testable on a machine without a GPU.
+
+def cpu_bf16_units(cpuinfo: str | None = None) -> list[str]:
+    """The bf16 matrix-unit flags this CPU reports (empty: bf16 is emulated, slower than fp32)."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8") as f:
+                cpuinfo = f.read()
+        except OSError:
+            return []
+    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
+    return [f for f in CPU_BF16_FLAGS if f in flags]
+
+
+def choose_device(requested: str, cuda_available: Optional[bool] = None,
+                  bf16_supported: Optional[bool] = None, cpu_units: Optional[list[str]] = None) -> DeviceChoice:
+    """auto: CUDA when present (bf16 where the GPU supports it, else fp16), else CPU fp32.
+    cpu-bf16: the CPU, training under bf16 autocast (the Trainer's bf16 on CPU).
+
+    The probes are parameters so the decision is testable on a machine without a GPU.
     """
+    if requested == "cpu-bf16":
+        units = cpu_bf16_units() if cpu_units is None else cpu_units
+        if not units:
+            log.warning("device: cpu-bf16 on a CPU without bf16 matrix units (no %s in /proc/cpuinfo): bf16 is "
+                        "emulated here and trains slower than fp32; use device: cpu", " or ".join(CPU_BF16_FLAGS))
+        return DeviceChoice("cpu", bf16=True)
     if cuda_available is None or bf16_supported is None:
         import torch
 

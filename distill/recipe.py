@@ -289,7 +289,7 @@ class CausalLM(_Section):
 class Recipe(_Section):
     name: str = Field("default", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="Run name: the run lands in models/NAME.")
     seed: int = Field(0, description="Seed for training, sampling and augmentation.")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = CUDA when present (bf16 where supported, else fp16), else CPU fp32.")
+    device: Literal["auto", "cpu", "cpu-bf16", "cuda"] = Field("auto", description="auto = CUDA when present (bf16 where supported, else fp16), else CPU fp32. cpu-bf16 = CPU training under bf16 autocast: faster on CPUs with bf16 matrix units (avx512_bf16, AMX), slower without them; its accuracy against fp32 is not yet measured.")
     task: Literal["classification", "causal-lm"] = Field(
         "classification", description="classification: a sequence classifier; causal-lm: distil a causal LM into a smaller one token by token (section lm; texts from data, labels unused).")
     data: Data = Field(default_factory=Data)

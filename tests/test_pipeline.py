@@ -208,6 +208,32 @@ def test_device_choice():
         choose_device("cuda", cuda_available=False, bf16_supported=False)
 
 
+def test_cpu_bf16_is_chosen_by_name_and_warns_without_bf16_units(caplog):
+    from distill.device import choose_device, cpu_bf16_units
+
+    zen4 = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 avx512_vnni\n"
+    assert cpu_bf16_units(zen4) == ["avx512_bf16"] and cpu_bf16_units("flags\t: fpu avx2\n") == []
+    got = choose_device("cpu-bf16", cuda_available=True, bf16_supported=True, cpu_units=["amx_bf16"])
+    assert (got.device, got.precision) == ("cpu", "bf16") and not caplog.records
+    got = choose_device("cpu-bf16", cuda_available=False, bf16_supported=False, cpu_units=[])
+    assert (got.device, got.precision) == ("cpu", "bf16")
+    assert "without bf16 matrix units" in caplog.text and "use device: cpu" in caplog.text
+
+
+def test_a_cpu_bf16_run_trains_under_autocast_and_says_so(tmp_path, tiny_bert, csv_path):
+    r = run(tmp_path, tiny_bert, csv_path, "device=cpu-bf16", name="bf")
+    assert r.exit_code == 0, r.output
+    rd = tmp_path / "models" / "bf"
+    for which in ("teacher", "student"):
+        m = json.loads((rd / which / "metrics.json").read_text())
+        assert (m["device"], m["precision"]) == ("cpu", "bf16") and 0 <= m["test"]["accuracy"] <= 1
+    # the saved weights stay fp32 (autocast computes in bf16, the parameters are kept in fp32)
+    from safetensors import safe_open
+
+    with safe_open(str(rd / "student" / "model.safetensors"), "pt") as f:
+        assert {str(f.get_tensor(k).dtype) for k in f.keys()} == {"torch.float32"}
+
+
 def test_eight_bit_teacher_loads_on_cpu_where_bitsandbytes_allows(tiny_bert):
     pytest.importorskip("bitsandbytes")
     from distill.modeling import load_classifier
