@@ -408,7 +408,8 @@ def _without(data: Any, keys: tuple[str, ...]) -> Any:
     return data
 
 
-def _set_dotted(data: dict, dotted: str, value: Any) -> None:
+def set_dotted(data: dict, dotted: str, value: Any) -> None:
+    """data[a][b][c] = value for "a.b.c", creating the mappings on the way (what `--set` does)."""
     parts = dotted.split(".")
     cur = data
     for p in parts[:-1]:
@@ -465,7 +466,7 @@ def load_recipe(path: Path | str | None = None, overrides: list[str] | None = No
     lines = _key_lines(text)
     overridden: set[tuple[str, ...]] = set()
     for key, value in parse_overrides(overrides or []):
-        _set_dotted(data, key, value)
+        set_dotted(data, key, value)
         overridden.add(tuple(key.split(".")))
     return validate_dict(data, source, lines, overridden)
 

@@ -24,6 +24,9 @@ METRICS = "metrics.json"  # a model stage's figures (teacher/, student/): test, 
 class Context:
     recipe: Recipe
     run: RunDir
+    # Extra transformers TrainerCallbacks for the Trainer of the stage being run (teacher, student
+    # append them to their own); run_recipe(callbacks={stage: [...]}) gives each stage its own.
+    callbacks: list[Any] = field(default_factory=list)
 
     @property
     def path(self) -> Path:

@@ -218,6 +218,7 @@ def student_stage(ctx: Any, out: Path) -> None:
             callbacks.append(_self_paced_callback(sampler, tok, rows, max_length, d.temperature, head))
             callbacks.append(_epoch_scores_callback(sampler, rdir))  # after it: the scores it set, kept
         callbacks += [WallClockCheckpoint(checkpoint_every_s()), EpochStartRng(rdir)]
+        callbacks += ctx.callbacks  # the caller's (run_recipe(callbacks=...)), e.g. distill tune's pruning
         args = enable_checkpoints(training_arguments(s, rdir, device, r.seed + rnd, has_eval=bool(val), save=False,
                                                      n_rows=len(rows), metric=metric))
         trainer = DistillTrainer(

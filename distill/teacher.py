@@ -108,6 +108,7 @@ def teacher_stage(ctx: Any, out: Path) -> None:
                      WallClockCheckpoint(checkpoint_every_s()), EpochStartRng(ckpt_dir)]
         if t.early_stopping_patience and val:
             callbacks.append(EarlyStoppingCallback(early_stopping_patience=t.early_stopping_patience))
+        callbacks += ctx.callbacks  # the caller's (run_recipe(callbacks=...)), e.g. distill tune's pruning
         gold = [row["label"] for row in train]
         metric = selection_metric(gold, len(names))
         weights = class_weights(gold, len(names), t.class_weights)

@@ -4,11 +4,11 @@ Layout under the run directory (RUN = models/NAME):
 
     RUN/tune/study.db          Optuna's RDB storage (SQLite): an interrupted search resumes from it
     RUN/tune/base/             the stages no tuned key can change (e.g. data, teacher, soft_labels), run once
-    RUN/tune/trials/NNNN/      one run directory per trial; base's stages hard-linked in, so
-                               `run_recipe(resume=True)` verifies and reuses them and runs only the rest
+    RUN/tune/trials/NNNN/      one run directory per trial, `run_recipe(base=RUN/tune/base)`: base's stages
+                               with the same inputs are hard-linked in, only the rest run
     RUN/tune/trials.json       every trial: number, state, params, validation accuracy, wall time
     RUN/tune/best.yaml         a complete recipe with the best params applied (`distill run` accepts it)
-    RUN/tune/history.png, RUN/tune/importance.png
+    RUN/tune/history.png, RUN/tune/importance.png   Optuna's matplotlib plots
 
 Search space (`tune.space`): dotted recipe key -> `[low, high]` (two numbers: a range; both integers
 give an integer range; a float range spanning >= 10x with low > 0 is searched on a log scale), any
@@ -17,31 +17,28 @@ other list (choices), or a mapping `{low, high, log, step}` / `{choices: [...]}`
 loss). Every key and both ends of every range are validated against the Recipe schema before
 anything runs.
 
-Pruning: the stage modules build their Trainer callbacks themselves and offer no hook for extra
-ones, so during a trial `_reporting` wraps the stage module's `jsonl_logger` (the one callback
-every training stage creates) with a callback that also reports each epoch's validation accuracy
-to the trial and raises optuna.TrialPruned when the pruner says so. The wrapper is installed only
-for the duration of one trial, in this process.
+A trial is `run_recipe(trial's recipe, RUN/tune/trials/NNNN, base=RUN/tune/base, until=objective,
+callbacks={objective: [pruning_callback(trial, objective)]})`: the callback reports each validation
+evaluation of the objective's Trainer to the trial and raises optuna.TrialPruned when the pruner
+says so (never in the baseline trial), which fails that stage and ends the trial as pruned.
 """
 
 from __future__ import annotations
 
-import contextlib
 import difflib
-import itertools
 import json
 import logging
 import math
 import os
-import shutil
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 from distill.errors import DistillError, RecipeError, RunDirError
-from distill.recipe import Recipe, _set_dotted, dump_recipe, validate_dict
-from distill.rundir import RUN_JSON, RunDir, write_json_atomic
+from distill.recipe import Recipe, dump_recipe, set_dotted, validate_dict
+from distill.rundir import RunDir, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +62,7 @@ class Dimension:
     choices: tuple[Any, ...] = ()
 
     @property
-    def _encoded(self) -> bool:
+    def encoded(self) -> bool:
         # Optuna's categorical values must be scalars; lists (e.g. student.layers) travel as JSON.
         return any(not isinstance(c, (str, int, float, bool, type(None))) for c in self.choices)
 
@@ -74,12 +71,12 @@ class Dimension:
             return trial.suggest_int(self.key, int(self.low), int(self.high), step=int(self.step or 1), log=self.log)
         if self.kind == "float":
             return trial.suggest_float(self.key, self.low, self.high, step=self.step, log=self.log)
-        if self._encoded:
+        if self.encoded:
             return trial.suggest_categorical(self.key, [json.dumps(c) for c in self.choices])
         return trial.suggest_categorical(self.key, list(self.choices))
 
     def decode(self, value: Any) -> Any:
-        return json.loads(value) if self.kind == "choice" and self._encoded else value
+        return json.loads(value) if self.kind == "choice" and self.encoded else value
 
     def candidates(self) -> list[Any]:
         """The values validated up front: both ends of a range, every choice."""
@@ -219,28 +216,28 @@ def apply_params(recipe: Recipe, params: dict[str, Any], source: str = "tune") -
             losses.update(kl=value, ce=round(1.0 - value, 12))
             data["distill"]["losses"] = losses
         else:
-            _set_dotted(data, key, value)
+            set_dotted(data, key, value)
     return validate_dict(data, source)
 
 
 def baseline_params(recipe: Recipe, dims: list[Dimension]) -> Optional[dict[str, Any]]:
     """The recipe's own values of the searched keys, as Optuna params; None when any lies outside
     the space (then there is no baseline trial) or distill.alpha has no meaning (losses not kl + ce = 1)."""
-    from distill.pipeline import _section  # the dotted-key read the stage digests use
+    from distill.pipeline import section_value  # the dotted-key read the stage digests use
 
     params: dict[str, Any] = {}
     for d in dims:
         if d.key == "distill.alpha":
-            losses = _section(recipe, "distill.losses")
+            losses = section_value(recipe, "distill.losses")
             if set(losses) - {"kl", "ce"} or not math.isclose(sum(losses.values()), 1.0):
                 return None
             value: Any = losses.get("kl", 0.0)
         else:
-            value = _section(recipe, d.key)
+            value = section_value(recipe, d.key)
         if d.kind == "choice":
             if value not in d.choices:
                 return None
-            params[d.key] = json.dumps(value) if d._encoded else value
+            params[d.key] = json.dumps(value) if d.encoded else value
             continue
         if not isinstance(value, (int, float)) or not d.low <= value <= d.high:
             return None
@@ -318,117 +315,41 @@ def shared_stages(dims: list[Dimension], objective: str) -> list[str]:
     return shared
 
 
-class _StopAfter(Exception):
-    """Raised from run_recipe's on_stage hook once the stage a search needs has finished."""
-
-
-def _run_until(recipe: Recipe, run_dir: Path, last: str) -> dict[str, str]:
-    """run_recipe(resume=True) up to and including stage `last`; stage -> 'done' | 'reused'."""
+def _run(recipe: Recipe, run_dir: Path, *, until: str, **kwargs: Any) -> Any:
+    """run_recipe up to and including stage `until`; a stage not built in this version is an error."""
     from distill.pipeline import run_recipe
 
-    events: dict[str, str] = {}
-
-    def on_stage(name: str, event: str) -> None:
-        if event in ("done", "reused"):
-            events[name] = event
-            if name == last:
-                raise _StopAfter(name)
-        elif event == "not-built":
-            raise DistillError(f"stage {name} is not built in this version, so `distill tune` cannot run trials.")
-
-    try:
-        run_recipe(recipe, run_dir, resume=True, on_stage=on_stage)
-    except _StopAfter:
-        pass
-    return events
-
-
-def _link_tree(src: Path, dst: Path) -> None:
-    """Hard-link every file of src into dst (a copy where the filesystem cannot link)."""
-    for p in sorted(src.rglob("*")):
-        target = dst / p.relative_to(src)
-        if p.is_dir():
-            target.mkdir(parents=True, exist_ok=True)
-            continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.link(p, target)
-        except OSError:
-            shutil.copy2(p, target)
-
-
-def seed_trial_dir(base: Path, trial_dir: Path, stages: list[str]) -> list[str]:
-    """Give a fresh trial directory base's completed stages and their run.json records.
-
-    run_recipe(resume=True) then reuses each one only if its inputs still hash the same and its
-    files still verify; otherwise it re-runs it, so seeding can never make a trial wrong, only faster.
-    """
-    if trial_dir.exists():
-        shutil.rmtree(trial_dir)
-    trial_dir.mkdir(parents=True)
-    ledger = RunDir(base).read()
-    seeded = []
-    records = {}
-    for name in stages:
-        rec = ledger["stages"].get(name) or {}
-        if rec.get("status") != "complete" or not (base / name).is_dir():
-            break
-        _link_tree(base / name, trial_dir / name)
-        records[name] = rec
-        seeded.append(name)
-    write_json_atomic(trial_dir / RUN_JSON, {"schema": ledger.get("schema", 1), "stages": records})
-    return seeded
+    summary = run_recipe(recipe, run_dir, until=until, **kwargs)
+    if summary.not_built:
+        raise DistillError(f"stage {summary.not_built[0]} is not built in this version, so `distill tune` cannot run trials.")
+    return summary
 
 
 # ---------------------------------------------------------------------------------------------
 # Reporting to the pruner
 
 
-@contextlib.contextmanager
-def _reporting(trial: Any, stage: str) -> Iterator[None]:
-    """Report each validation evaluation of `stage`'s Trainer to the trial; prune when told to."""
-    import importlib
-
+def pruning_callback(trial: Any, stage: str) -> Any:
+    """A TrainerCallback for the objective stage's Trainer: each validation evaluation's accuracy is
+    reported to the trial (steps 0, 1, ... across the stage's rounds); optuna.TrialPruned is raised
+    when the pruner says so, except in the baseline trial."""
     import optuna
     from transformers import TrainerCallback
 
-    module = importlib.import_module(f"distill.{stage}")
-    original = module.jsonl_logger
-    steps = itertools.count()
+    class ReportToTrial(TrainerCallback):
+        step = 0
 
-    class Report(TrainerCallback):
         def on_evaluate(self, args, state, control, metrics=None, **kwargs):  # noqa: ANN001 - Trainer's signature
             value = (metrics or {}).get("eval_accuracy")
             if value is None:
                 return
-            step = next(steps)
+            step, self.step = self.step, self.step + 1
             trial.report(float(value), step)
             if not trial.user_attrs.get("baseline") and trial.should_prune():
                 raise optuna.TrialPruned(f"{stage} validation accuracy {value:.4f} at evaluation {step} "
                                          "is below the median of earlier trials")
 
-    def chained(path: Path, name: str) -> Any:
-        inner, reporter = original(path, name), Report()
-        if name != stage:
-            return inner
-
-        class Both(TrainerCallback):
-            pass
-
-        for event in [n for n in vars(TrainerCallback) if n.startswith("on_")]:
-            def call(self, args, state, control, _event=event, **kwargs):  # noqa: ANN001
-                a = getattr(inner, _event)(args, state, control, **kwargs)
-                b = getattr(reporter, _event)(args, state, control, **kwargs)
-                return b if b is not None else a
-
-            setattr(Both, event, call)
-        return Both()
-
-    module.jsonl_logger = chained
-    try:
-        yield
-    finally:
-        module.jsonl_logger = original
+    return ReportToTrial()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -475,9 +396,10 @@ def _open_study(tune_dir: Path, recipe: Recipe, objective: str, pruner: Any) -> 
                 f"{' …' if len(changed) > 8 else ''}), so its trials are not comparable with new ones. Pass --force "
                 "to start the search over, or --name for a separate one.")
     # A trial still RUNNING was interrupted (its process died): the tune lock says no search runs now.
+    # (Optuna's heartbeat would find only trials that ran with one, and only after its grace period.)
     for t in study.get_trials(states=(optuna.trial.TrialState.RUNNING,)):
         log.warning("trial %d was interrupted; marking it failed, a new trial takes its place", t.number)
-        storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+        study.tell(t.number, state=optuna.trial.TrialState.FAIL)
     return study
 
 
@@ -524,7 +446,7 @@ def tune(recipe: Recipe, run_dir: Path | str, *, trials: int, timeout: Optional[
             base = tune_dir / "base"
             if shared:
                 log.info("tune: running the stages no searched key changes (%s) once, in %s", ", ".join(shared), base)
-                _run_until(recipe, base, shared[-1])
+                _run(recipe, base, until=shared[-1], resume=True)
             log.info("tune: %d trial(s) to run (study %s, %s)", todo, recipe.name, tune_dir / "study.db")
             study.optimize(_objective(recipe, dims, shared, base, tune_dir / "trials", objective),
                            n_trials=todo, timeout=timeout, catch=())
@@ -557,15 +479,11 @@ def _objective(recipe: Recipe, dims: list[Dimension], shared: list[str], base: P
         trial_recipe = apply_params(recipe, params, source=f"tune trial {trial.number}")
         trial_dir = trials_dir / f"{trial.number:04d}"
         trial.set_user_attr("run_dir", str(trial_dir))
-        if shared:
-            seed_trial_dir(base, trial_dir, shared)
-        elif trial_dir.exists():
-            shutil.rmtree(trial_dir)
         log.info("tune: trial %d %s", trial.number, ", ".join(f"{k}={v}" for k, v in params.items()))
         t0 = time.perf_counter()
-        with _reporting(trial, objective):
-            events = _run_until(trial_recipe, trial_dir, objective)
-        trial.set_user_attr("reused", sorted(n for n, e in events.items() if e == "reused"))
+        summary = _run(trial_recipe, trial_dir, until=objective, force=True, base=base if shared else None,
+                       callbacks={objective: [pruning_callback(trial, objective)]})
+        trial.set_user_attr("reused", sorted(r.name for r in summary.done if r.skipped))
         val = _validation(trial_dir, objective)
         trial.set_user_attr("validation", {k: val[k] for k in ("accuracy", "macro_f1", "n")})
         trial.set_user_attr("wall_s", round(time.perf_counter() - t0, 2))
@@ -623,12 +541,11 @@ def write_report(study: Any, recipe: Recipe, tune_dir: Path, objective: str, *, 
         "trials": rows})
     plots: dict[str, Path] = {}
     if any(r["validation_accuracy"] is not None or r["intermediate"] for r in rows):
-        plots["history"] = _plot_history(rows, tune_dir / "history.png", study.study_name, objective)
+        plots["history"] = _plot_history(study, tune_dir / "history.png", len(rows), objective)
     importance_png = tune_dir / "importance.png"
     if len(complete) >= 2:
-        imp = _importances(study) if len({r["validation_accuracy"] for r in complete}) > 1 else {}
-        if imp:
-            plots["importance"] = _plot_importance(imp, importance_png, len(complete))
+        if len({r["validation_accuracy"] for r in complete}) > 1 and _plot_importance(study, importance_png, len(complete)):
+            plots["importance"] = importance_png
         else:
             notes.append("parameter importance skipped: every completed trial scored the same validation accuracy, "
                          "so no parameter explains any of it")
@@ -669,81 +586,54 @@ def _write_best(recipe: Recipe, best: dict[str, Any], path: Path, tune_dir: Path
     os.replace(tmp, path)
 
 
-def _importances(study: Any) -> dict[str, float]:
-    import optuna
-
-    try:
-        return optuna.importance.get_param_importances(
-            study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
-    except (ValueError, RuntimeError) as e:  # e.g. every completed trial has the same values
-        log.info("tune: parameter importance not computable: %s", e)
-        return {}
-
-
-def _plt() -> Any:
+def _save_plot(out: Path, draw: Any) -> Path:
+    """Save the Optuna matplotlib plot that draw() makes (it returns the Axes) as out."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import optuna
 
-    return plt
-
-
-def _plot_history(rows: list[dict[str, Any]], out: Path, name: str, objective: str) -> Path:
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    done = [r for r in rows if r["validation_accuracy"] is not None]
-    pruned = [r for r in rows if r["state"] == "pruned" and r["intermediate"]]
-    ax.scatter([r["number"] for r in done], [r["validation_accuracy"] for r in done], s=42, color="#1f77b4",
-               zorder=3, label="completed trial")
-    if pruned:
-        ax.scatter([r["number"] for r in pruned], [list(r["intermediate"].values())[-1] for r in pruned], s=52,
-                   marker="x", color="#7f7f7f", zorder=3, label="pruned (last reported value)")
-    failed = [r["number"] for r in rows if r["state"] == "fail"]
-    if failed:  # no value to plot: a marker on the x axis, so the gap in the numbering is explained
-        ax.scatter(failed, [0.02] * len(failed), transform=ax.get_xaxis_transform(), marker="v", s=40,
-                   color="#d62728", zorder=3, label="failed or interrupted (no value)")
-    if done:
-        xs, best, ys = [], -math.inf, []
-        for r in done:
-            best = max(best, r["validation_accuracy"])
-            xs.append(r["number"])
-            ys.append(best)
-        xs.append(max(r["number"] for r in rows))
-        ys.append(best)
-        ax.step(xs, ys, where="post", color="#ff7f0e", linewidth=2, label=f"best so far ({best:.4f})")
-    ax.set_xlabel("trial number")
-    ax.set_ylabel(f"{objective} validation accuracy")
-    ax.set_title(f"{name}: optimization history ({len(rows)} trials, maximizing {objective} validation accuracy)",
-                 fontsize=10)
-    ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.set_xlim(-0.5, max(r["number"] for r in rows) + 0.5)
-    values = [r["validation_accuracy"] for r in done] + [list(r["intermediate"].values())[-1] for r in pruned]
-    if values:
-        lo, hi = min(values), max(values)
-        pad = max(0.02, (hi - lo) * 0.15)
-        ax.set_ylim(max(0.0, lo - pad), hi + pad)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="best", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    # rc_context: Optuna's plots switch matplotlib to its ggplot style for good; this undoes it after.
+    with matplotlib.rc_context(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        ax = draw()
+        ax.figure.set_size_inches(9, 4.5)
+        ax.figure.savefig(out, dpi=110, bbox_inches="tight")  # "tight": Optuna puts the legend outside the axes
+        plt.close(ax.figure)
     return out
 
 
-def _plot_importance(imp: dict[str, float], out: Path, n_complete: int) -> Path:
-    plt = _plt()
-    items = sorted(imp.items(), key=lambda kv: kv[1])
-    fig, ax = plt.subplots(figsize=(8, 1.4 + 0.5 * len(items)))
-    ax.barh([k for k, _ in items], [v for _, v in items], color="#1f77b4")
-    for i, (_, v) in enumerate(items):
-        ax.text(v + 0.01, i, f"{v:.0%}", va="center", fontsize=9)
-    ax.set_xlim(0, 1.1)
-    ax.set_xlabel("share of the variance in validation accuracy (fANOVA)")
-    rough = " (rough with so few)" if n_complete < 10 else ""
-    ax.set_title(f"Parameter importance over {n_complete} completed trials{rough}", fontsize=10)
-    ax.grid(axis="x", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+def _plot_history(study: Any, out: Path, n_trials: int, objective: str) -> Path:
+    """optuna.visualization.matplotlib.plot_optimization_history: each completed trial and the best so far."""
+    from optuna.visualization.matplotlib import plot_optimization_history
+
+    def draw() -> Any:
+        ax = plot_optimization_history(study, target_name=f"{objective} validation accuracy")
+        ax.set_title(f"{study.study_name}: optimization history ({n_trials} trials, maximizing {objective} "
+                     "validation accuracy)", fontsize=10)
+        return ax
+
+    return _save_plot(out, draw)
+
+
+def _plot_importance(study: Any, out: Path, n_complete: int) -> bool:
+    """optuna.visualization.matplotlib.plot_param_importances with fANOVA (seeded); False where
+    Optuna cannot compute the importances (e.g. every completed trial has the same values)."""
+    from optuna.importance import FanovaImportanceEvaluator
+    from optuna.visualization.matplotlib import plot_param_importances
+
+    def draw() -> Any:
+        ax = plot_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=0),
+                                    target_name="validation accuracy")
+        rough = " (rough with so few)" if n_complete < 10 else ""
+        ax.set_title(f"Parameter importance over {n_complete} completed trials{rough}", loc="left", fontsize=10)
+        ax.set_xlabel("share of the variance in validation accuracy (fANOVA)")
+        return ax
+
+    try:
+        _save_plot(out, draw)
+    except (ValueError, RuntimeError) as e:
+        log.info("tune: parameter importance not computable: %s", e)
+        return False
+    return True

@@ -4,6 +4,7 @@ trial mid-training, reuses the shared stages, and writes a best recipe that `dis
 from __future__ import annotations
 
 import json
+import os
 
 import optuna
 import pytest
@@ -11,7 +12,7 @@ from tiny import FAST, corpus, write_csv
 from typer.testing import CliRunner
 
 from distill.cli import app
-from distill.errors import RecipeError, RunDirError
+from distill.errors import DistillError, RecipeError, RunDirError
 from distill.recipe import load_recipe
 from distill.tune import tune
 
@@ -205,3 +206,28 @@ def test_report_plots_history_and_importance_from_a_study(tmp_path):
     assert load_recipe(res.best_recipe).distill.temperature == pytest.approx(1.0 + 0.4 * 6)
     rows = json.loads((tmp_path / "trials.json").read_text())["trials"]
     assert [r["state"] for r in rows].count("pruned") == 2 and rows[2]["validation_accuracy"] is None
+
+
+def test_run_recipe_stops_after_until_and_links_verified_stages_from_base(tmp_path):
+    """What tune builds on: until= records nothing past the named stage; base= links a stage with the
+    same inputs (base's run.json record with it) and reruns one whose files no longer verify."""
+    from distill.pipeline import run_recipe
+
+    rec = load_recipe(None, [f"data.source={write_csv(tmp_path, corpus(8))}", *FAST])
+    base, a, b = tmp_path / "base", tmp_path / "a", tmp_path / "b"
+    first = run_recipe(rec, base, until="data")
+    ledger = json.loads((base / "run.json").read_text())["stages"]
+    assert [(r.name, r.skipped) for r in first.done] == [("data", False)] and set(ledger) == {"data"}
+    linked = run_recipe(rec, a, until="data", base=base)
+    assert [(r.name, r.skipped) for r in linked.done] == [("data", True)]
+    assert json.loads((a / "run.json").read_text())["stages"]["data"] == ledger["data"]
+    assert os.stat(a / "data" / "train.jsonl").st_ino == os.stat(base / "data" / "train.jsonl").st_ino
+    (base / "data" / "train.jsonl").unlink()  # a new file under the old name: base no longer verifies
+    (base / "data" / "train.jsonl").write_text("{}\n")
+    rebuilt = run_recipe(rec, b, until="data", base=base)
+    assert [(r.name, r.skipped) for r in rebuilt.done] == [("data", False)]
+    assert json.loads((b / "run.json").read_text())["stages"]["data"]["outputs"] == ledger["data"]["outputs"]
+    for bad in ({"until": "students"}, {"callbacks": {"studnet": []}}):
+        with pytest.raises(DistillError, match="not a stage"):
+            run_recipe(rec, tmp_path / "c", **bad)
+    assert not (tmp_path / "c").exists()
