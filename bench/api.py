@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
 from distill import progress
 from distill.errors import DistillError
-from distill.rundir import replace_dir
+from distill.rundir import staged_dir
 
 from bench.artifacts import Artifact, discover_file, discover_run, onnx_artifact
 from bench.targets import Target, resolve_targets
@@ -116,15 +115,8 @@ def run_bench(path: str | os.PathLike, *, targets: Optional[Sequence[str]] = Non
 
     final = Path(report_dir) if report_dir is not None else path.parent / f"bench-{path.stem}"
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with staged_dir(final) as tmp:
         done = _bench_into(tmp, final, **plan)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    replace_dir(tmp, final)
     return BenchResult(done["results"], final, {k: final / v.name for k, v in done["files"].items()})
 
 

@@ -19,18 +19,14 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from export.sessions import session  # light: imports nothing until a session is built
+
 
 def _ort_step(spec: dict) -> tuple[Callable[[Any, int], Any], dict]:
     import numpy as np
-    import onnxruntime as ort
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = spec["threads"]
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    if not spec.get("spin", True):
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    sess = ort.InferenceSession(spec["path"], opts, providers=["CPUExecutionProvider"])
+    sess = session(spec["path"], threads=spec["threads"], sequential=True,
+                   config=None if spec.get("spin", True) else {"session.intra_op.allow_spinning": "0"})
     inputs = {i.name: i for i in sess.get_inputs()}
     past_names = [n for n in inputs if n.startswith("past_key_values.")]
     out_names = [o.name for o in sess.get_outputs()]

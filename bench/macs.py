@@ -360,7 +360,8 @@ def _run_shapes(model, batch: int, seq: int) -> dict:
     """Shapes of every tensor from one ONNX Runtime run on dummy inputs (ids 0, mask 1)."""
     import numpy as np
     import onnx
-    import onnxruntime as ort
+
+    from export.sessions import session
 
     m = onnx.ModelProto()
     m.CopyFrom(model)
@@ -370,11 +371,7 @@ def _run_shapes(model, batch: int, seq: int) -> dict:
             if o and o not in have:
                 m.graph.output.append(onnx.ValueInfoProto(name=o))
                 have.add(o)
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    so.log_severity_level = 3
-    so.intra_op_num_threads = 1
-    sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    sess = session(m.SerializeToString(), threads=1, level="disable", quiet=True)
     dtypes = {"tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(float)": np.float32}
     feed = {}
     for i in sess.get_inputs():

@@ -101,16 +101,10 @@ def _fp32_graph(w):
 
 
 def _session(model, threads: int):
-    import onnxruntime as ort
+    from export.sessions import session
 
     model.ir_version = min(model.ir_version, 10)
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return session(model.SerializeToString(), threads=threads, sequential=True, level="all", quiet=True)
 
 
 def _time(sess, feed: dict, seconds: float) -> list[float]:

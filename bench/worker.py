@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from export.sessions import session  # light: imports nothing until a session is built
+
 NOISY_SPREAD = 0.25  # (p90 - p50) / p50 above this: the machine was busy, rerun on a quiet one
 NOISY_TAIL = 2.0  # p99 / p50 above this: same (a lone spike alone, e.g. a page fault, does not count)
 
@@ -36,27 +38,16 @@ def synthetic_inputs(batch: int, seq: int, vocab_size: int, seed: int) -> dict[s
 
 def _load_onnxruntime(spec: dict) -> tuple[Callable[[dict], Any], dict]:
     import numpy as np
-    import onnxruntime as ort
 
-    opts = ort.SessionOptions()
-    if spec["runtime"] == "onnxruntime-e2e":  # the tokenizer inside the graph: ONNX Runtime Extensions' ops
-        opts.register_custom_ops_library(ortx_library())
-    opts.intra_op_num_threads = spec["threads"]
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     level = spec.get("ort", {}).get("graph_optimization_level", "all")
-    opts.graph_optimization_level = {
-        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-    }[level]
     config = dict(spec.get("ort", {}).get("config", {}))
     if not spec.get("spin", True):
         # A phone's scheduler parks idle cores; busy-waiting worker threads would flatter the figure.
         config.setdefault("session.intra_op.allow_spinning", "0")
         config.setdefault("session.inter_op.allow_spinning", "0")
-    for k, v in config.items():
-        opts.add_session_config_entry(k, str(v))
-    sess = ort.InferenceSession(spec["path"], opts, providers=["CPUExecutionProvider"])
+    # the tokenizer inside the graph (onnxruntime-e2e): ONNX Runtime Extensions' ops
+    sess = session(spec["path"], custom_ops=spec["runtime"] == "onnxruntime-e2e", threads=spec["threads"],
+                   sequential=True, level=level, config=config)
     inputs = sess.get_inputs()
     dtypes = {i.name: (np.int32 if "int32" in i.type else np.int64) for i in inputs}
     if spec["runtime"] == "onnxruntime-e2e":
@@ -74,22 +65,6 @@ def _load_onnxruntime(spec: dict) -> tuple[Callable[[dict], Any], dict]:
                "graph_optimization_level": level, "session_config": config,
                "inputs": [i.name for i in inputs]}
     return run, applied
-
-
-def ortx_library() -> str:
-    """The ONNX Runtime Extensions shared library, found without importing its Python package: that import
-    pulls in torch and transformers (9 s and 500 MB here), which an app never loads and the cold-start
-    figures must not include."""
-    import importlib.util
-
-    found = importlib.util.find_spec("onnxruntime_extensions")
-    if found is None or not found.submodule_search_locations:
-        raise RuntimeError("onnxruntime-extensions is not installed: pip install onnxruntime-extensions")
-    folder = Path(list(found.submodule_search_locations)[0])
-    libs = sorted(folder.glob("_extensions_pydll*"))
-    if not libs:
-        raise RuntimeError(f"no _extensions_pydll library in {folder}")
-    return str(libs[0])
 
 
 def _load_pytorch(spec: dict) -> tuple[Callable[[dict], Any], dict]:
@@ -267,7 +242,7 @@ def accuracy(spec: dict) -> dict:
     import numpy as np
 
     from distill.tokenizing import encode
-    from export.accuracy import from_predictions
+    from export.accuracy import accuracy as metrics
 
     rows = _read_rows(Path(spec["data"]))
     run, applied = load(spec)
@@ -290,7 +265,7 @@ def accuracy(spec: dict) -> dict:
         scores.append(np.asarray(run(feeds)))
     scores_ = np.concatenate(scores)
     gold = [int(r["label"]) for r in rows]
-    m = from_predictions(gold, scores_.argmax(-1), max(scores_.shape[-1], max(gold) + 1))
+    m = metrics(gold, scores_, max(scores_.shape[-1], max(gold) + 1))
     return {**m, "max_length": spec.get("max_length"), "applied": applied}
 
 

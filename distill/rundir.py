@@ -90,6 +90,21 @@ def replace_dir(tmp: Path, final: Path) -> None:
         os.replace(tmp, final)
 
 
+@contextlib.contextmanager
+def staged_dir(final: Path) -> Iterator[Path]:
+    """An empty temporary sibling of `final` (`.NAME.tmp-PID`) to build a folder in: moved into place
+    with replace_dir when the block completes, removed when it raises (interrupts included)."""
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    replace_dir(tmp, final)
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 from distill.errors import ExportError, ParityError
-from distill.rundir import replace_dir
+from distill.rundir import staged_dir
 
 from export.pipeline import Options, build
 from export.source import resolve
@@ -158,15 +157,8 @@ def _into_folder(src, opts: Options, out: Path, *, force: bool, arm64: Optional[
         raise ExportError(f"The output folder {out} is inside the model folder {src.model_dir}; choose another.")
     out.parent.mkdir(parents=True, exist_ok=True)
     _clear_dead_temporaries(out)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with staged_dir(out) as tmp:
         manifest, arm = _build(tmp, src, opts, arm64)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    replace_dir(tmp, out)
     return manifest, arm
 
 

@@ -102,13 +102,10 @@ def quantize_int8(src: Path, dst: Path, per_channel: bool = True, exclude: Seque
 
 
 def _session_options() -> Any:
-    import onnxruntime as ort
+    from export.sessions import session_options
 
-    opts = ort.SessionOptions()
     threads = os.environ.get("OMP_NUM_THREADS")
-    if threads and threads.isdigit():
-        opts.intra_op_num_threads = int(threads)
-    return opts
+    return session_options(threads=int(threads) if threads and threads.isdigit() else None)
 
 
 def prompt_ids(tok: Any, prompts: Sequence[str]) -> list[list[int]]:

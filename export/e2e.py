@@ -91,6 +91,9 @@ import numpy as np
 
 from distill.errors import ExportError
 
+# custom_ops_library is re-exported: callers name it e2e.custom_ops_library (pipeline, tests, the docstring above)
+from export.sessions import custom_ops_library, session as ort_session  # noqa: F401
+
 log = logging.getLogger(__name__)
 
 CONTRIB = "ai.onnx.contrib"
@@ -110,22 +113,9 @@ _UNSCANNED_SAMPLE = (0x40000, 0x4ABCD, 0x7FFFD, 0xA1234, 0xDFFFF)
 # ---------------------------------------------------------------------------------------------- public API
 
 
-def custom_ops_library() -> str:
-    """Path of the ONNX Runtime Extensions shared library (the custom ops the e2e graph uses)."""
-    from onnxruntime_extensions import get_library_path
-
-    return get_library_path()
-
-
 def e2e_session(path: Path, *, threads: int | None = None, options=None):
     """An onnxruntime.InferenceSession on an e2e graph (.onnx or .ort), extensions library registered."""
-    import onnxruntime as ort
-
-    options = options if options is not None else ort.SessionOptions()
-    options.register_custom_ops_library(custom_ops_library())
-    if threads:
-        options.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return ort_session(path, threads=threads, options=options, custom_ops=True)
 
 
 def e2e_predict(path_or_session, texts: list[str], batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:

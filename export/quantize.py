@@ -2,9 +2,12 @@
 
 Presets follow optimum's `AutoQuantizationConfig` (optimum/onnxruntime/configuration.py): uint8
 activations everywhere; int8 weights for avx512_vnni and arm64, uint8 weights for avx2 (the AVX2
-u8 x s8 kernels can saturate). Quantization goes through ONNX Runtime's own functions, because
-optimum's ORTQuantizer fails on an already fused graph; on a fused graph `quantize_dynamic` needs
-DefaultTensorType=FLOAT to type the contrib ops' outputs.
+u8 x s8 kernels can saturate); full range; every operator quantize_dynamic quantizes, no node
+excluded. optimum's preset objects are not used: they also set weights_symmetric=True, which for
+avx2's uint8 weights is not quantize_dynamic's default (asymmetric) and changes the file; for int8
+weights both are symmetric (tests/test_export.py compares the two). Quantization goes through ONNX
+Runtime's own functions, because optimum's ORTQuantizer fails on an already fused graph; on a fused
+graph `quantize_dynamic` needs DefaultTensorType=FLOAT to type the contrib ops' outputs.
 """
 
 from __future__ import annotations

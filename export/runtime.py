@@ -92,20 +92,13 @@ def torch_logits(model, batches: list[Batch], description: str = "PyTorch refere
     return np.concatenate(outs) if outs else np.zeros((0, model.config.num_labels), np.float32)
 
 
-def session(path: Path):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3  # the fused graphs make ORT warn about unused initializers
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
 def onnx_logits(path: Path, batches: list[Batch], description: str | None = None) -> np.ndarray:
     """Logits of the ONNX file on the batches; one progress line (in texts) named description,
     by default after the file."""
     from distill import progress
+    from export.sessions import session
 
-    sess = session(path)
+    sess = session(path, quiet=True)
     names = [i.name for i in sess.get_inputs()]
     passes = progress.track(batches, total=_texts(batches), size=_size,
                             description=description or f"ONNX Runtime {Path(path).name}")

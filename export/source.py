@@ -173,7 +173,7 @@ def supported_model_types() -> list[str]:
     import optimum.exporters.onnx.model_configs  # noqa: F401 - registers the ONNX configs
     from optimum.exporters.tasks import TasksManager
 
-    return sorted(m for m, d in TasksManager._SUPPORTED_MODEL_TYPE.items() if "text-classification" in d.get("onnx", {}))
+    return sorted(TasksManager.get_supported_model_type_for_task("text-classification", exporter="onnx"))
 
 
 def check_model_folder(folder: Path) -> dict:

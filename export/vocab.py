@@ -26,15 +26,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-import shutil
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable
 
 from distill.errors import ExportError
+from distill.rundir import staged_dir
 
 log = logging.getLogger(__name__)
 
@@ -439,9 +438,7 @@ def prune_model(model_dir: Path, texts: Iterable[str], out_dir: Path, *, top_n: 
     stats.hidden_size = int(model.get_input_embeddings().weight.shape[1])
     stats.weights_bytes_before = _weights_bytes(model_dir)
 
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with staged_dir(out_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         config_path = model_dir / "tokenizer_config.json"
         source_config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.exists() else None
@@ -451,12 +448,6 @@ def prune_model(model_dir: Path, texts: Iterable[str], out_dir: Path, *, top_n: 
         stats.files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if p.is_file()}
         (tmp / PRUNE_FILE).write_text(json.dumps({**stats.to_json(), "source": str(model_dir), "old_ids": kept},
                                                  indent=1), encoding="utf-8")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp.rename(out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     log.info("pruned %s -> %s: %d -> %d embedding rows, weights %d -> %d bytes", model_dir, out_dir, rows,
              stats.kept, stats.weights_bytes_before, stats.weights_bytes_after)
     return stats

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from distill.errors import LockedError, RunDirError
-from distill.rundir import RunDir
+from distill.rundir import RunDir, staged_dir
 
 
 def _write(out, text="hello"):
@@ -103,6 +103,22 @@ def test_lock_clears_leftover_temporaries(tmp_path):
     (rd.path / ".student.tmp-999" / "half.bin").write_bytes(b"x")
     with rd.lock():
         assert not (rd.path / ".student.tmp-999").exists()
+
+
+def test_staged_dir_replaces_the_folder_only_when_complete(tmp_path):
+    final = tmp_path / "parent" / "out"
+    with staged_dir(final) as tmp:
+        assert tmp == final.with_name(f".out.tmp-{os.getpid()}") and tmp.is_dir() and not final.exists()
+        _write(tmp, "one")
+    assert (final / "a.txt").read_text() == "one"
+    with pytest.raises(KeyboardInterrupt):
+        with staged_dir(final) as tmp:
+            _write(tmp, "two")
+            raise KeyboardInterrupt
+    assert (final / "a.txt").read_text() == "one" and sorted(p.name for p in final.parent.iterdir()) == ["out"]
+    with staged_dir(final) as tmp:
+        (tmp / "c.txt").write_text("three")
+    assert sorted(p.name for p in final.iterdir()) == ["c.txt"] and sorted(p.name for p in final.parent.iterdir()) == ["out"]
 
 
 def test_a_run_that_completed_no_stage_does_not_block_the_rerun(tmp_path):
