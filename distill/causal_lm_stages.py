@@ -1,4 +1,4 @@
-"""The stages of `distill run` for `task: causal-lm` (distill/stages.py picks them by task).
+"""The stages of `distill run` for `task: causal-lm` (distill/tasks.py names them for the task).
 
 - teacher: load the teacher LM (packaged:NAME, a folder or a Hub id; a GGUF is dequantized), optionally
   fine-tune it on the training texts (all weights, LoRA, or QLoRA with teacher.quantization on CUDA;
@@ -43,6 +43,14 @@ def lm_fingerprint(recipe: Any) -> dict[str, Any]:
     return {"top_k": recipe.lm.top_k, "eval_texts": recipe.lm.eval_texts}
 
 
+def teacher_fingerprint(recipe: Any) -> dict[str, Any]:
+    """The teacher stage's fingerprint input (distill/tasks.py): the classification teacher's, plus the task
+    and the keys of section lm the LM teacher stage reads."""
+    from distill.teacher import teacher_fingerprint as model_fingerprint
+
+    return {"task": recipe.task, "lm": lm_fingerprint(recipe), "model": model_fingerprint(recipe)}
+
+
 def _dtype(device: Any) -> Any:
     import torch
 
@@ -84,7 +92,7 @@ def teacher_stage(ctx: Any, out: Path) -> None:
     from transformers import Trainer, set_seed
 
     from distill.prompted import load_lm
-    from distill.teacher import _subsample
+    from distill.teacher import subsample
 
     r, t = ctx.recipe, ctx.recipe.teacher
     data_dir = ctx.data_dir
@@ -99,7 +107,7 @@ def teacher_stage(ctx: Any, out: Path) -> None:
     elif device.device != "cuda":
         log.warning("teacher.quantization=%s on CPU: bitsandbytes' CPU backend is slow and partial", t.quantization)
     load_s = time.perf_counter() - t0
-    train_rows = _subsample(read_split(data_dir, "train"), t.max_train_samples, r.seed)
+    train_rows = subsample(read_split(data_dir, "train"), t.max_train_samples, r.seed)
     max_length = pick_max_length(tok, [row["text"] for row in train_rows], t.max_length)
     spec = {"model": t.model, "max_length": max_length, "top_k": r.lm.top_k, "eval_texts": r.lm.eval_texts}
     log.info("LM teacher %s: %d layers, %d parameters, max_length %d, loaded in %.1f s", t.model,
@@ -239,7 +247,7 @@ def student_stage(ctx: Any, out: Path) -> None:
 
 def evaluate_stage(ctx: Any, out: Path) -> None:
     """Perplexity of teacher, student before and student after on the held-out texts, side by side."""
-    from distill.evaluate import _weights_mb
+    from distill.evaluate import weights_mb
 
     run = ctx.run.path
     t = ctx.metrics("teacher")
@@ -260,7 +268,7 @@ def evaluate_stage(ctx: Any, out: Path) -> None:
                "kl_to_teacher_validation": {"before": s["before"].get("kl_to_teacher_validation"),
                                             "after": s["after"].get("kl_to_teacher_validation")},
                "models": {name: {"parameters": m["parameters"], "layers": m["layers"],
-                                 "size_mb": _weights_mb(run / name)} for name, m in (("teacher", t), ("student", s))}}
+                                 "size_mb": weights_mb(run / name)} for name, m in (("teacher", t), ("student", s))}}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     # the classification summary's shape, so `distill summary` lists parameters and sizes (no accuracy)
     rows = {name: {"accuracy": None, "macro_f1": None, **metrics["models"][name],

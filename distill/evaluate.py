@@ -58,7 +58,8 @@ def quick_latency_ms(folder: Path, seq: int, repeats: int = 20) -> float:
         torch.set_num_threads(threads)
 
 
-def _weights_mb(folder: Path) -> float:
+def weights_mb(folder: Path) -> float:
+    """MB of the model's *.safetensors files in folder."""
     return round(sum(p.stat().st_size for p in folder.glob("*.safetensors")) / 1e6, 2)
 
 
@@ -71,7 +72,7 @@ def evaluate_stage(ctx: Any, out: Path) -> None:
     for name, m in (("teacher", t), ("student", s)):
         folder = run / name
         rows[name] = {"accuracy": m["test"]["accuracy"], "macro_f1": m["test"]["macro_f1"],
-                      "parameters": m["parameters"], "layers": m["layers"], "size_mb": _weights_mb(folder),
+                      "parameters": m["parameters"], "layers": m["layers"], "size_mb": weights_mb(folder),
                       "latency_ms_1thread": quick_latency_ms(folder, seq) if (folder / "config.json").exists() else None}
     floor = tfidf_floor(run / "data", len(t["test"]["confusion"]), ctx.recipe.seed)
     rows["tfidf_logreg"] = {"accuracy": floor["accuracy"], "macro_f1": floor["macro_f1"]}

@@ -46,11 +46,15 @@ def _apply_lora(model: Any, lora: Any, quantized: bool) -> Any:
     return model
 
 
-def _subsample(rows: list[dict[str, Any]], n: int | None, seed: int) -> list[dict[str, Any]]:
+def subsample(rows: list[dict[str, Any]], n: int | None, seed: int) -> list[dict[str, Any]]:
+    """At most n rows, a seeded choice kept in order (all when n is falsy): the rows a teacher trains on."""
     if not n or len(rows) <= n:
         return rows
     rng = np.random.default_rng(seed)
     return [rows[i] for i in sorted(rng.choice(len(rows), size=n, replace=False))]
+
+
+_subsample = subsample  # the old name, which tests/test_student_init.py imports
 
 
 def label_noise(rows: list[dict[str, Any]], logits: np.ndarray, names: list[str], threshold: float) -> list[dict[str, Any]]:
@@ -76,7 +80,7 @@ def teacher_stage(ctx: Any, out: Path) -> None:
         return prompted_teacher_stage(ctx, out)
     data_dir = ctx.data_dir
     names = read_labels(data_dir)
-    train = _subsample(read_split(data_dir, "train"), t.max_train_samples, r.seed)
+    train = subsample(read_split(data_dir, "train"), t.max_train_samples, r.seed)
     val, test = read_split(data_dir, "validation"), read_split(data_dir, "test")
     device = choose_device(r.device)
     tok = load_tokenizer(t.model, t.trust_remote_code)

@@ -219,11 +219,13 @@ def export_run(run_dir: Path | str, *, which: str = "student", allow_mismatch: b
     the run: under its lock, built in a temporary sibling and renamed into place."""
     from distill.recipe import load_recipe
     from distill.rundir import RunDir
+    from distill.tasks import CAUSAL_LM, task_of
 
     rd = RunDir(run_dir)
     recipe = load_recipe(rd.path / "recipe.yaml")
-    if recipe.task != "causal-lm":
-        raise ExportError(f"{rd.path} is a {recipe.task} run: use `distill export onnx` for it.")
+    task = task_of(recipe)
+    if task is not CAUSAL_LM:
+        raise ExportError(f"{rd.path} is a {task.name} run: use `distill export onnx` for it.")
     if not (rd.path / which / "config.json").exists():
         raise ExportError(f"{rd.path / which} has no model yet: run `distill run` first.")
     kwargs = {"prompts": recipe.lm.prompts, "new_tokens": recipe.lm.new_tokens, "quantize": recipe.export.quantize,

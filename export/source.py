@@ -17,6 +17,7 @@ from itertools import product
 from pathlib import Path
 
 from distill.errors import ExportError
+from distill.tasks import CAUSAL_LM, task_of_run
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ def resolve(path: Path, *, which: str = "student", data: Path | None = None) -> 
         raise ExportError(f"{path} is not a folder. Give a run directory (models/NAME, written by `distill run`) "
                           "or a Hugging Face model folder (config.json + model.safetensors + tokenizer files).")
     if is_run_dir(path):
-        if _run_task(path) == "causal-lm":
+        if task_of_run(path) is CAUSAL_LM:
             raise ExportError(f"{path} is a task: causal-lm run; export it with `distill export onnx {path}` "
                               "(or export.causal_lm.export_run from Python: ONNX with KV cache, int8, greedy-generation "
                               "check against PyTorch).")
@@ -134,15 +135,6 @@ def folder_max_length(model_dir: Path) -> int:
     except (OSError, ValueError):
         limit = None
     return min(FOLDER_MAX_LENGTH, int(limit)) if isinstance(limit, (int, float)) and limit > 0 else FOLDER_MAX_LENGTH
-
-
-def _run_task(run_dir: Path) -> str:
-    import yaml
-
-    try:
-        return (yaml.safe_load((run_dir / "recipe.yaml").read_text()) or {}).get("task", "classification")
-    except (OSError, yaml.YAMLError, AttributeError):
-        return "classification"
 
 
 def read_jsonl(path: Path, *, required: bool) -> list[dict]:

@@ -7,8 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from distill.cli import views
-from distill.cli.common import Arm64OptLevel, OptLevel, _run_recipe, _show_progress, guarded, out
+from distill.cli.common import Arm64OptLevel, OptLevel, _show_progress, guarded, out
 
 
 @guarded
@@ -26,15 +25,13 @@ def bench(
 ) -> None:
     """Latency x targets and accuracy x artifacts -> report.md/.html/.json and plots."""
     _show_progress()
-    from bench.api import run_bench
+    from distill.tasks import task_of_run
 
-    rec = _run_recipe(path)
-    if rec is not None and rec.task == "causal-lm":
-        from bench.causal_lm import bench_lm, report_md
-
-        out.print(report_md(bench_lm(path, targets=target or None)), highlight=False)
-        return
-    res = run_bench(path, targets=target or None, batch=batch or None, seq=seq or None, iterations=iterations,
+    # The run's task picks the entry point (bench.api.run_bench, or bench.causal_lm.bench_lm, which takes
+    # only the targets) and the view of its result (distill/tasks.py).
+    task = task_of_run(path)
+    res = task.bench(path, targets=target or None, batch=batch or None, seq=seq or None, iterations=iterations,
                     warmup=warmup, report_dir=report, compare_optimum=compare_optimum,
                     arm64_opt_level=arm64_opt_level.value, texts=texts)
-    views.print_bench(out, path, res)
+    task.show_bench(out, path, res)
+

@@ -8,8 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from distill.cli import views
-from distill.cli.common import Arm64OptLevel, OptLevel, Which, _run_recipe, _show_progress, guarded, out
+from distill.cli.common import Arm64OptLevel, OptLevel, Which, _show_progress, guarded, out
 
 export_app = typer.Typer(no_args_is_help=True, help="Export a run's student (or any model folder).")
 
@@ -37,12 +36,6 @@ class Isa(str, Enum):
     arm64 = "arm64"
 
 
-def _export_causal_lm(path: Path, which: str, allow_mismatch: bool) -> None:
-    from export.causal_lm import export_run
-
-    views.print_causal_lm_export(out, export_run(path, which=which, allow_mismatch=allow_mismatch))
-
-
 @export_app.command("onnx")
 @guarded
 def export_onnx(
@@ -68,18 +61,18 @@ def export_onnx(
 ) -> None:
     """Export to ONNX -> fusions -> int8 -> parity gate -> .ort and mobile check (and --check-arm64)."""
     _show_progress()
-    from export.api import export_onnx as run_export
+    from distill.tasks import task_of_run
 
-    rec = _run_recipe(path)
-    if rec is not None and rec.task == "causal-lm":
-        return _export_causal_lm(path, which.value, allow_mismatch)
+    # The run's task picks the entry point (export.api.export_onnx, or export.causal_lm.export_run, which
+    # takes only which and allow_mismatch) and the view of its result (distill/tasks.py).
+    task = task_of_run(path)
     # A flag the user gave overrides the run's recipe `export:` section, which overrides the section's defaults
     # (export.api.export_settings does the merge, for the Python API too).
     given = {"quantize": quantize and quantize.value, "isa": isa and isa.value, "optimize": optimize, "opset": opset,
              "calibration_samples": calibration_samples, "per_channel": per_channel, "ort": ort,
              "vocab": vocab and vocab.value, "vocab_top_n": vocab_top_n, "e2e": e2e,
              "embeddings": embeddings and embeddings.value}
-    res = run_export(path, which=which.value, **{k: v for k, v in given.items() if v is not None},
+    res = task.export(path, which=which.value, **{k: v for k, v in given.items() if v is not None},
                      allow_mismatch=allow_mismatch, output=output, force=force,
                      arm64={"qemu_cpu": arm64_cpu, "graph_optimization_level": arm64_opt_level.value} if check_arm64 else None)
-    views.print_export(out, res)
+    task.show_export(out, res)

@@ -228,3 +228,10 @@ def print_assets(console: Console, rows: Iterable[tuple[Any, str, int]], env_nam
         console.print(f"[yellow]stale:[/] {old} ({size:.0f} MB) was built for other pins and is unused; delete it to free "
                       "the space.", highlight=False, soft_wrap=True)
     console.print("Install one with: distill assets install NAME")
+
+
+def print_lm_bench(console: Console, path: Path, res: dict) -> None:
+    """bench.causal_lm.bench_lm's results: its markdown table (the view of the causal-LM task's bench)."""
+    from bench.causal_lm import report_md
+
+    console.print(report_md(res), highlight=False)
