@@ -82,4 +82,14 @@ def run_summary(run_dir: Path) -> dict[str, Any]:
         if (run_dir / rel).exists():
             paths[label] = str(run_dir / rel)
     return {"run": str(run_dir), "split_seed": ev.get("split_seed"), "test_n": ev.get("test_n"), "rows": rows,
-            "paths": paths, "latency": latency_basis(bench)}
+            "paths": paths, "latency": latency_basis(bench), "stale_export": stale_export(run_dir, ex)}
+
+
+def stale_export(run_dir: Path, export: dict[str, Any]) -> bool:
+    """True when onnx/ was exported from a student the run has replaced since (retrained by --resume)."""
+    from distill.rundir import RunDir
+
+    exported = (export.get("source") or {}).get("model_sha256")
+    if not exported or not (run_dir / "run.json").is_file():
+        return False
+    return exported != RunDir(run_dir).output_digest("student")

@@ -140,7 +140,8 @@ def _into_run(src, opts: Options, arm64: Optional[dict] = None) -> tuple[dict, P
     name = "onnx" if opts.which == "student" else "onnx-teacher"
     box: dict = {}
     with rd.lock():
-        inputs = {"model": rd.output_digest(opts.which), "options": opts.__dict__, **({"arm64": arm64} if arm64 else {})}
+        src.model_sha256 = rd.output_digest(opts.which)  # export.json says which student it is (distill summary)
+        inputs = {"model": src.model_sha256, "options": opts.__dict__, **({"arm64": arm64} if arm64 else {})}
         rd.run_stage(name, inputs, lambda tmp: box.update(zip(("manifest", "arm64"), _build(tmp, src, opts, arm64))),
                      resume=False)
         manifest = box["manifest"]

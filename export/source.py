@@ -42,6 +42,7 @@ class Source:
     max_length: int = 256  # the deployed length: the run's own (metrics.json), else the tokenizer's, capped
     head: int = 0  # > 0: long texts keep their first `head` tokens and their last ones (distill.tokenizing)
     vocab_texts: list[str] = field(default_factory=list)  # what vocabulary pruning keeps: train + transfer + augmented
+    model_sha256: str | None = None  # in a run: the exported stage's output digest (run.json), so staleness shows
 
     @property
     def parity_rows(self) -> list[dict]:
@@ -57,6 +58,7 @@ class Source:
                 "model_type": self.config.get("model_type"), "num_labels": self.num_labels,
                 "parity_split": self.parity_split, "max_length": self.max_length,
                 **({"head_tokens": self.head} if self.head else {}),
+                **({"model_sha256": self.model_sha256} if self.model_sha256 else {}),
                 "n": {k: len(v) for k, v in self.texts.items()}}
 
 

@@ -213,6 +213,30 @@ def test_the_python_api_takes_the_same_options_and_defaults_as_the_recipe_and_th
     assert res.manifest["options"]["per_channel"] is True
 
 
+def test_summary_flags_an_export_of_a_student_the_run_has_replaced(tiny_bert, tmp_path):
+    from typer.testing import CliRunner
+
+    from distill.cli import app
+    from distill.summary import run_summary
+
+    run = make_run(tmp_path, tiny_bert)
+    ledger = {"schema": 1, "stages": {"student": {"status": "complete", "output_sha256": "a" * 64}}}
+    (run / "run.json").write_text(json.dumps(ledger))
+    export_onnx(run, quantize="none", ort=False, e2e=False)
+    assert json.loads((run / "onnx" / "export.json").read_text())["source"]["model_sha256"] == "a" * 64
+    assert run_summary(run)["stale_export"] is False
+    ledger = json.loads((run / "run.json").read_text())
+    ledger["stages"]["student"]["output_sha256"] = "b" * 64  # what `distill run --resume` leaves after retraining
+    (run / "run.json").write_text(json.dumps(ledger))
+    assert run_summary(run)["stale_export"] is True
+    (run / "evaluate").mkdir()
+    (run / "evaluate" / "summary.json").write_text(json.dumps(
+        {"rows": {"student": {"accuracy": 0.5, "macro_f1": 0.5, "parameters": 1, "size_mb": 1}}, "test_n": 8}))
+    r = CliRunner().invoke(app, ["summary", str(run)])
+    assert r.exit_code == 0 and "onnx/ was exported from an earlier student" in r.output, r.output
+    assert f"distill export onnx {run}" in r.output.replace("\n", "")
+
+
 def test_existing_output_is_refused_unless_force(tiny_bert, tmp_path):
     out = tmp_path / "out"
     export_onnx(tiny_bert, output=out, **FAST)

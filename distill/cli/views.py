@@ -42,6 +42,10 @@ def print_summary(console: Console, run_dir: Path, s: dict) -> None:
                       fmt(r["parameters"] / 1e6 if r.get("parameters") else None, ".1f", "M"),
                       fmt(r.get("size_mb"), ".1f"), fmt(r.get("p50_ms"), ".2f"))
     console.print(table)
+    if s.get("stale_export"):
+        console.print(f"[yellow]![/] onnx/ was exported from an earlier student: the run has retrained it since, so the "
+                      f"int8 rows (and the bench's) describe that older model. Rerun `distill export onnx {run_dir}` "
+                      f"and `distill bench {run_dir}`.", highlight=False)
     for label, path in s["paths"].items():
         console.print(f"  {label:<8} {path}")
 
