@@ -100,12 +100,10 @@ def _rel(path: Path, root: Path) -> str:
 
 
 def trained_head(folder: Path) -> int:
-    """The head of the head+tail cut a run's model was trained with (its metrics.json); 0 = cut on the right."""
-    try:
-        value = json.loads((folder / "metrics.json").read_text()).get("head_tokens")
-    except (OSError, ValueError):
-        return 0
-    return value if isinstance(value, int) and value > 0 else 0
+    """The head of the head+tail cut a run's model was trained with; 0 = cut on the right (the export's reading)."""
+    from export.source import run_head_tokens
+
+    return run_head_tokens(folder)
 
 
 def trained_max_length(folder: Path) -> Optional[int]:
