@@ -21,6 +21,10 @@ class LossInputs:
     teacher_hidden: Optional[list[Any]] = None  # pooled [B, Ht] per mapped layer
     projections: Optional[Any] = None  # ModuleList of Linear(Hs, Ht) when widths differ
     class_weights: Optional[Any] = None  # [C] weights of the gold-label term (student.class_weights)
+    student_qkv: Optional[tuple[Any, Any, Any]] = None  # [B, L, Hs] each: the student's last layer (attn_relations)
+    teacher_qkv: Optional[tuple[Any, Any, Any]] = None  # [B, L, Ht] each: the teacher's relation layer
+    attention_mask: Optional[Any] = None  # [B, L]
+    relation_heads: int = 0
 
 
 @LOSSES.register("kl")
@@ -73,6 +77,17 @@ def hidden_cos(x: LossInputs) -> Any:
     import torch.nn.functional as F
 
     return sum(1 - F.cosine_similarity(s, t, dim=-1) for s, t in _pairs(x)) / len(x.student_hidden)
+
+
+@LOSSES.register("attn_relations")
+def attn_relations(x: LossInputs) -> Any:
+    """MiniLMv2: KL between the teacher's and the student's Q-Q, K-K and V-V self-attention relations
+    (distill/relations.py), summed over the three."""
+    from distill.relations import relation_kl
+
+    if x.student_qkv is None or x.teacher_qkv is None:
+        raise ValueError("attn_relations needs the query/key/value outputs of student and teacher")
+    return relation_kl(x.student_qkv, x.teacher_qkv, x.attention_mask, x.relation_heads)
 
 
 def combine(weights: dict[str, float], x: LossInputs, example_weight: Optional[Any] = None) -> tuple[Any, dict[str, float]]:

@@ -199,16 +199,24 @@ class Curriculum(_Section):
 class Distill(_Section):
     temperature: float = Field(2.0, gt=0, description="Softmax temperature T of the KL term (scaled by T^2).")
     losses: dict[str, float] = Field(default_factory=lambda: {"kl": 0.5, "ce": 0.5},
-                                     description="Loss name -> weight; names: kl, ce, mse, hidden_mse, hidden_cos.")
+                                     description="Loss name -> weight; names: kl, ce, mse, hidden_mse, hidden_cos, attn_relations (MiniLMv2 self-attention relations of one teacher layer to the student's last layer; runs the teacher beside the student; needs the same word pieces).")
     layer_map: Optional[dict[int, int]] = Field(None, description="Student layer -> teacher layer for hidden losses; None = from student.layers.")
     curriculum: Curriculum = Field(default_factory=Curriculum, description="Curriculum learning (a train sampler).")
     rounds: int = Field(1, ge=1, le=10, description="Iterative rounds: after each, re-augment where student and teacher disagree most.")
     hard_fraction: float = Field(0.1, gt=0, le=1, description="Fraction of the pool re-augmented and weighted up after a round.")
+    relation_layer: int = Field(-1, description="attn_relations: the teacher layer whose relations the student's last layer learns; negative counts from the top (-1 = the last).")
+    relation_heads: Optional[int] = Field(None, gt=0, description="attn_relations: relation heads Q, K and V are split into; None = the student's attention heads (both widths must divide by it).")
+
+    @model_serializer(mode="wrap")
+    def _omit_added_later(self, handler: Any) -> Any:
+        # Keys added after runs existed dump only when set (the student stage's input digest hashes this section).
+        return _without(handler(self), tuple(k for k, default in (("relation_layer", -1), ("relation_heads", None))
+                                             if getattr(self, k) == default))
 
     @field_validator("losses")
     @classmethod
     def _known_losses(cls, v: dict[str, float]) -> dict[str, float]:
-        known = ["kl", "ce", "mse", "hidden_mse", "hidden_cos"]
+        known = ["kl", "ce", "mse", "hidden_mse", "hidden_cos", "attn_relations"]
         bad = [k for k in v if k not in known]
         if bad:
             hints = [f"{b!r}" + (f" (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(b, known, 1)) else "") for b in bad]
@@ -314,10 +322,10 @@ class Recipe(_Section):
                 out.append((("student", "init"), f"{self.student.init} builds the student from the teacher, but a prompted "
                             "teacher (teacher.kind: prompted) is a causal LM, not a classifier: use student.init: pretrained "
                             "with student.model (e.g. packaged:minilm-l6)"))
-            hidden = [k for k in ("hidden_mse", "hidden_cos") if self.distill.losses.get(k)]
+            hidden = [k for k in ("hidden_mse", "hidden_cos", "attn_relations") if self.distill.losses.get(k)]
             if hidden:
-                out.append((("distill", "losses"), f"{', '.join(hidden)} compare hidden states with the teacher's, which a "
-                            "prompted teacher does not provide: use kl and ce"))
+                out.append((("distill", "losses"), f"{', '.join(hidden)} compare hidden states or attention with the teacher's, "
+                            "which a prompted teacher does not provide: use kl and ce"))
         if self.task == "causal-lm":
             out += _causal_lm_problems(self)
         return out

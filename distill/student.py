@@ -41,12 +41,27 @@ def _trainer_class():
         """The Trainer with a distillation loss and a curriculum sampler; nothing else overridden."""
 
         def __init__(self, *args: Any, loss_weights: dict[str, float], temperature: float,
-                     curriculum: Any = None, projections: Any = None, class_weights: Any = None, **kwargs: Any):
+                     curriculum: Any = None, projections: Any = None, class_weights: Any = None,
+                     relations: Optional[dict[str, Any]] = None, **kwargs: Any):
             super().__init__(*args, **kwargs)
             self.loss_weights, self.temperature = loss_weights, temperature
             self.class_weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
             self.curriculum, self.projections = curriculum, projections
             self.need_hidden = any(loss_weights.get(h) for h in HIDDEN)
+            self.relations = None
+            if relations:  # attn_relations: the teacher runs beside the student (distill/relations.py)
+                from distill.relations import QKVCapture
+
+                teacher = relations["teacher"].to(self.args.device).eval().requires_grad_(False)
+                self.relations = dict(relations, teacher=teacher, ids=relations["ids"].to(self.args.device),
+                                      teacher_qkv=QKVCapture(teacher, relations["layer"], stop=True),
+                                      student_qkv=QKVCapture(self.model, -1))
+
+        def remove_hooks(self) -> None:
+            """Detach the relation hooks (the student is evaluated and saved after training)."""
+            if self.relations:
+                self.relations["teacher_qkv"].remove()
+                self.relations["student_qkv"].remove()
 
         def _get_train_sampler(self, train_dataset: Any = None) -> Any:
             return self.curriculum if self.curriculum is not None else super()._get_train_sampler(train_dataset)
@@ -70,6 +85,13 @@ def _trainer_class():
             x = LossInputs(outputs.logits, teacher_logits, labels, self.temperature, student_hidden,
                            list(teacher_hidden.unbind(1)) if teacher_hidden is not None else None, self.projections,
                            self.class_weights)
+            if self.relations:
+                rel = self.relations
+                x.student_qkv = rel["student_qkv"].take()
+                with torch.no_grad():
+                    x.teacher_qkv = rel["teacher_qkv"].run(rel["teacher"], input_ids=rel["ids"][inputs["input_ids"]],
+                                                           attention_mask=inputs["attention_mask"])
+                x.attention_mask, x.relation_heads = inputs["attention_mask"], rel["heads"]
             loss, _ = combine(self.loss_weights, x, weight)
             return (loss, outputs) if return_outputs else loss
 
@@ -111,6 +133,22 @@ def _pooled_teacher_hidden(run: Path, texts: list[str], layers: list[int], max_l
             out.append(torch.stack([(hs[i + 1] * m).sum(1) / m.sum(1) for i in layers], 1).numpy())
     del teacher
     return np.concatenate(out)
+
+
+def _relation_setup(r: Any, student: Any, teacher: Any, teacher_tok: Any) -> dict[str, Any]:
+    """What the attn_relations loss needs: the teacher (kept beside the student), the layer whose Q/K/V
+    it reads (checked here, before training), the relation heads and the teacher's tokenizer."""
+    from distill.relations import encoder_layers, qkv_modules, relation_heads
+
+    if hasattr(teacher, "label_logits"):
+        raise DistillError("distill.losses attn_relations needs a fine-tuned encoder teacher; a prompted teacher "
+                           "has no attention to transfer. Drop attn_relations from distill.losses.")
+    d = r.distill
+    qkv_modules(teacher, d.relation_layer)
+    qkv_modules(student, -1)
+    layer = d.relation_layer % len(encoder_layers(teacher))
+    return {"teacher": teacher, "tokenizer": teacher_tok, "layer": layer,
+            "heads": relation_heads(student, teacher, d.relation_heads)}
 
 
 def build_student(r: Any, teacher: Any, teacher_tok: Any, names: list[str]) -> tuple[Any, Any]:
@@ -176,7 +214,8 @@ def student_stage(ctx: Any, out: Path) -> None:
         if ws != wt:
             projections = torch.nn.ModuleList([torch.nn.Linear(ws, wt) for _ in hidden_layers])
             student.distill_projections = projections  # trained with the student, dropped before saving
-    del teacher  # never beside the student while it trains
+    relations = _relation_setup(r, student, teacher, teacher_tok) if d.losses.get("attn_relations") else None
+    del teacher  # beside the student while it trains only for attn_relations (held in `relations`)
 
     from distill.checkpointing import EpochStartRng, WallClockCheckpoint  # TrainerCallbacks: import transformers
 
@@ -208,6 +247,11 @@ def student_stage(ctx: Any, out: Path) -> None:
         rows = _round_rows(pool, soft, weights, hidden)
         cols = ["labels", "teacher_logits", "weight", "idx"] + (["teacher_hidden"] if hidden is not None else [])
         train_ds = tokenized(tok, rows, max_length, cols, head)
+        if relations is not None:  # the teacher reads the student's tokens, mapped to its own ids
+            from distill.relations import id_map
+
+            used = {i for ids in train_ds["input_ids"] for i in ids}
+            relations["ids"] = id_map(tok, relations["tokenizer"], used)
         sampler = make_sampler(d.curriculum, np.asarray([rw["teacher_logits"] for rw in rows]),
                                [len(x) for x in train_ds["input_ids"]], s.batch_size * s.grad_accum,
                                effective_epochs(s, len(rows), world_size()),
@@ -228,13 +272,14 @@ def student_stage(ctx: Any, out: Path) -> None:
             eval_dataset=tokenized(tok, val, max_length, ["label"], head).rename_column("label", "labels") if val else None,
             data_collator=_collator(tok), compute_metrics=compute_metrics_fn(len(names)), callbacks=callbacks,
             loss_weights=d.losses, temperature=d.temperature, curriculum=sampler, projections=projections,
-            class_weights=weights_by_class)
+            class_weights=weights_by_class, relations=relations)
         trainer._student_layers = student_layers
         quiet_trainer(trainer, f"student round {rnd}")
         resumed_step = checkpoint_step(resume_from) if resume_from else None
         if resume_from:
             log.info("student round %d: resuming from %s", rnd, resume_from)
         result = trainer.train(resume_from_checkpoint=resume_from)
+        trainer.remove_hooks()
         student = trainer.model
         val_m, _ = evaluate_rows(student, tok, val, max_length, len(names), "student: validation", head) if val else ({}, None)
         test_m, _ = evaluate_rows(student, tok, test, max_length, len(names), "student: test", head)
@@ -261,6 +306,8 @@ def student_stage(ctx: Any, out: Path) -> None:
                "teacher_test": tmetrics["test"], "wall_s": round(time.perf_counter() - t_start, 1)}
     if head:  # absent = cut on the right (the export and the bench read it from here)
         metrics.update(truncation=s.truncation, head_tokens=head)
+    if relations is not None:
+        metrics["relations"] = {"teacher_layer": relations["layer"], "heads": relations["heads"]}
     metrics["kept_of_teacher"] = final["test"]["accuracy"] / max(tmetrics["test"]["accuracy"], 1e-9)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     from distill.model_card import write_card
