@@ -173,10 +173,15 @@ def prepare_checkpoints(folder: Path, inputs_digest: str) -> Optional[str]:
     """The checkpoint to resume from; without one, folder is emptied and marked with the digest."""
     found = resume_checkpoint(folder, inputs_digest)
     if found is None:
-        shutil.rmtree(folder, ignore_errors=True)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / MARKER).write_text(inputs_digest)
+        reset_checkpoints(folder, inputs_digest)
     return found
+
+
+def reset_checkpoints(folder: Path, inputs_digest: str) -> None:
+    """An empty checkpoint folder, marked with the digest of the stage inputs it is for."""
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / MARKER).write_text(inputs_digest)
 
 
 def enable_checkpoints(args: Any, total_limit: int = 1) -> Any:

@@ -12,6 +12,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from distill.batch_fit import fitted, train_fitting_memory
 from distill.checkpointing import (MARKER, checkpoint_every_s, checkpoint_step, enable_checkpoints, resume_checkpoint,
                                  trim_train_log)
 from distill.curriculum import make_sampler
@@ -263,29 +264,36 @@ def student_stage(ctx: Any, out: Path) -> None:
             callbacks.append(_epoch_scores_callback(sampler, rdir))  # after it: the scores it set, kept
         callbacks += [WallClockCheckpoint(checkpoint_every_s()), EpochStartRng(rdir)]
         callbacks += ctx.callbacks  # the caller's (run_recipe(callbacks=...)), e.g. distill tune's pruning
-        args = enable_checkpoints(training_arguments(s, rdir, device, r.seed + rnd, has_eval=bool(val), save=False,
-                                                     n_rows=len(rows), metric=metric))
-        trainer = DistillTrainer(
-            model=student,
-            args=args,
-            train_dataset=train_ds,
-            eval_dataset=tokenized(tok, val, max_length, ["label"], head).rename_column("label", "labels") if val else None,
-            data_collator=_collator(tok), compute_metrics=compute_metrics_fn(len(names)), callbacks=callbacks,
-            loss_weights=d.losses, temperature=d.temperature, curriculum=sampler, projections=projections,
-            class_weights=weights_by_class, relations=relations)
-        trainer._student_layers = student_layers
-        quiet_trainer(trainer, f"student round {rnd}")
+        eval_ds = tokenized(tok, val, max_length, ["label"], head).rename_column("label", "labels") if val else None
+
+        def make_trainer(cfg: Any) -> Any:
+            args = enable_checkpoints(training_arguments(cfg, rdir, device, r.seed + rnd, has_eval=bool(val),
+                                                         save=False, n_rows=len(rows), metric=metric))
+            trainer = DistillTrainer(
+                model=student, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+                data_collator=_collator(tok), compute_metrics=compute_metrics_fn(len(names)), callbacks=callbacks,
+                loss_weights=d.losses, temperature=d.temperature, curriculum=sampler, projections=projections,
+                class_weights=weights_by_class, relations=relations)
+            trainer._student_layers = student_layers
+            return quiet_trainer(trainer, f"student round {rnd}")
+
         resumed_step = checkpoint_step(resume_from) if resume_from else None
         if resume_from:
             log.info("student round %d: resuming from %s", rnd, resume_from)
-        result = trainer.train(resume_from_checkpoint=resume_from)
+        first = fitted(s, rdir)
+        trainer, result, used = train_fitting_memory(make_trainer, first, student, rdir, resume_from,
+                                                     lambda: _restart_round(rdir, train_log), f"student round {rnd}")
         trainer.remove_hooks()
+        if used is not first:  # trained again from step 0 at a smaller batch
+            resumed_step = None
         student = trainer.model
         val_m, _ = evaluate_rows(student, tok, val, max_length, len(names), "student: validation", head) if val else ({}, None)
         test_m, _ = evaluate_rows(student, tok, test, max_length, len(names), "student: test", head)
         rounds.append({"round": rnd, "pool": len(pool), "steps": result.global_step,
                        "train_loss": _attempt_train_loss(result, resumed_step), "resumed_from_step": resumed_step,
                        "validation": val_m, "test": test_m, "wall_s": round(time.perf_counter() - t0, 1)})
+        if (used.batch_size, used.grad_accum) != (s.batch_size, s.grad_accum):
+            rounds[-1]["fitted_batch"] = {"batch_size": used.batch_size, "grad_accum": used.grad_accum}
         log.info("student round %d: validation %.4f, test %.4f", rnd, val_m.get("accuracy", float("nan")), test_m["accuracy"])
         _finish_round(rdir, student, rounds[-1])
         if rnd < d.rounds:
@@ -459,6 +467,20 @@ def _start_round(rdir: Path, stage_digest: str, train_log: Path) -> Optional[str
             marker.write_text(stage_digest)
             offset.write_text(str(train_log.stat().st_size if train_log.exists() else 0))
     return from_rank_zero(resume_from)
+
+
+def _restart_round(rdir: Path, train_log: Path) -> None:
+    """After an attempt that ran out of memory (distill/batch_fit.py): its checkpoints, its log rows and the
+    self-paced scores of the epochs it began go; the scores epoch 0 began with stay (they came from the
+    teacher, not from training)."""
+    if is_rank_zero():
+        for ckpt in rdir.glob("checkpoint-*"):
+            shutil.rmtree(ckpt, ignore_errors=True)
+        for scores in rdir.glob("scores-epoch-*.npy"):
+            if scores.name != "scores-epoch-0.npy":
+                scores.unlink()
+        trim_train_log(train_log, "student", 0, int((rdir / LOG_OFFSET).read_text()))
+    barrier()
 
 
 def _attempt_train_loss(result: Any, resumed_step: Optional[int]) -> Optional[float]:

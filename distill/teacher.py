@@ -12,8 +12,9 @@ from typing import Any
 
 import numpy as np
 
+from distill.batch_fit import fitted, train_fitting_memory
 from distill.checkpointing import (EpochStartRng, WallClockCheckpoint, checkpoint_every_s, checkpoint_step,
-                                   prepare_checkpoints, trim_train_log)
+                                   prepare_checkpoints, reset_checkpoints, trim_train_log)
 from distill.data.prepare import read_labels, read_split
 from distill.device import choose_device
 from distill.errors import DistillError
@@ -116,21 +117,33 @@ def teacher_stage(ctx: Any, out: Path) -> None:
         gold = [row["label"] for row in train]
         metric = selection_metric(gold, len(names))
         weights = class_weights(gold, len(names), t.class_weights)
-        trainer = Trainer(
-            model=model,
-            args=training_arguments(t, ckpt_dir, device, r.seed, has_eval=bool(val), n_rows=len(train), metric=metric),
-            compute_loss_func=weighted_cross_entropy(weights) if weights else None,
-            train_dataset=tokenized(tok, train, max_length, ["label"], head).rename_column("label", "labels"),
-            eval_dataset=tokenized(tok, val, max_length, ["label"], head).rename_column("label", "labels") if val else None,
-            data_collator=DataCollatorWithPadding(tok),
-            compute_metrics=compute_metrics_fn(len(names)),
-            callbacks=callbacks,
-        )
-        quiet_trainer(trainer, "teacher")
+        train_ds = tokenized(tok, train, max_length, ["label"], head).rename_column("label", "labels")
+        eval_ds = tokenized(tok, val, max_length, ["label"], head).rename_column("label", "labels") if val else None
+
+        def make_trainer(cfg: Any) -> Any:
+            trainer = Trainer(
+                model=model,
+                args=training_arguments(cfg, ckpt_dir, device, r.seed, has_eval=bool(val), n_rows=len(train),
+                                        metric=metric),
+                compute_loss_func=weighted_cross_entropy(weights) if weights else None,
+                train_dataset=train_ds, eval_dataset=eval_ds,
+                data_collator=DataCollatorWithPadding(tok),
+                compute_metrics=compute_metrics_fn(len(names)),
+                callbacks=callbacks,
+            )
+            return quiet_trainer(trainer, "teacher")
+
+        def restart() -> None:  # the attempt that ran out of memory leaves no checkpoint or log row behind
+            reset_checkpoints(ckpt_dir, stage_digest)
+            trim_train_log(train_log, "teacher", 0)
+
         if resume_from:
             log.info("teacher: resuming from %s", resume_from)
-        result = trainer.train(resume_from_checkpoint=resume_from)
+        trainer, result, used = train_fitting_memory(make_trainer, fitted(t, ckpt_dir), model, ckpt_dir, resume_from,
+                                                     restart, "teacher")
         model = trainer.model
+        if (used.batch_size, used.grad_accum) != (t.batch_size, t.grad_accum):
+            train_info["fitted_batch"] = {"batch_size": used.batch_size, "grad_accum": used.grad_accum}
         train_info.update(steps=result.global_step, train_loss=result.training_loss, world_size=trainer.args.world_size,
                           best_checkpoint=Path(trainer.state.best_model_checkpoint or "").name or None,
                           epochs_run=round(float(trainer.state.epoch or 0), 2),
