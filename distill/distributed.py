@@ -3,7 +3,9 @@
 Every rank runs every stage (the Hugging Face Trainer needs all ranks in its training and
 evaluation loops, and the other stages are deterministic given the seed), each into its own
 temporary folder; rank 0 alone decides reuse, moves outputs into place and writes the ledger, and
-the other ranks wait at a barrier until it has. Single-process runs never touch torch.distributed.
+the other ranks wait at a barrier until it has. Inference passes (soft labels, evaluation) are
+sharded: each rank scores its share of the batches and every rank gathers the whole (see
+distill.training.predict_logits). Single-process runs never touch torch.distributed.
 """
 
 from __future__ import annotations
@@ -58,6 +60,16 @@ def from_rank_zero(value: Any) -> Any:
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def all_gather(value: Any) -> list[Any]:
+    """Every rank's value, in rank order, on every rank ([value] in a single process)."""
+    dist = _dist()
+    if dist is None:
+        return [value]
+    out: list[Any] = [None] * world_size()
+    dist.all_gather_object(out, value)
+    return out
 
 
 def shutdown() -> None:

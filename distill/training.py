@@ -203,23 +203,34 @@ def predict_logits(model: Any, tokenizer: Any, texts: Sequence[str], max_length:
                    batch_size: int = 64, description: str = "predicting", head: int = 0) -> np.ndarray:
     """Logits for texts, batched in order of length (less padding), returned in the input order.
 
+    Under torchrun every rank must call it with the same texts: the batches are the same whatever the
+    number of ranks, each rank scores every world_size-th of them and all gather the whole, so the
+    result is the single-process one, bit for bit (a batch's logits do not depend on which process or
+    how many threads computed them; tests/test_distributed.py checks it).
     description names the pass's progress line (counted in texts) where the CLI shows one."""
     import torch
 
     from distill import progress
+    from distill.distributed import all_gather, rank, world_size
     from distill.tokenizing import encode
 
     model.eval()
     device = next(model.parameters()).device
     order = np.argsort([len(t) for t in texts], kind="stable")
     out = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
-    with torch.inference_mode(), progress.task(description, total=len(texts)) as advance:
-        for start in range(0, len(texts), batch_size):
-            idx = order[start:start + batch_size]
+    batches = [order[start:start + batch_size] for start in range(0, len(texts), batch_size)]
+    world = world_size()
+    mine = batches[rank()::world]
+    with torch.inference_mode(), progress.task(description, total=sum(map(len, mine))) as advance:
+        for idx in mine:
             batch = encode(tokenizer, [texts[i] for i in idx], max_length=max_length, head=head, padding=True,
                            return_tensors="pt").to(device)
             out[idx] = model(**batch).logits.float().cpu().numpy()
             advance(len(idx))
+    if world > 1:
+        done = np.concatenate(mine) if mine else np.zeros(0, dtype=np.int64)
+        for idx, logits in all_gather((done, out[done])):
+            out[idx] = logits
     return out
 
 
