@@ -11,7 +11,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -93,27 +93,68 @@ def label_texts(teacher: Any, tokenizer: Any, texts: Sequence[str], max_length: 
     return base
 
 
+# Texts labelled per pass of the soft-labels stage: the pool is read from its files in chunks of this
+# many distinct texts, so a pool of millions never sits in memory as rows; a pool up to this size is
+# one chunk, labelled exactly as one call to label_texts would.
+CHUNK = 65_536
+
+
+def _pool_stream(data_dir: Path) -> Iterator[tuple[str, str, Optional[int]]]:
+    """(origin, text, gold label id or None) for every text of the student's pool, read line by line,
+    in student_pool's order."""
+    for origin, name in (("train", "train"), ("transfer", "transfer"), ("augmented", "augmented")):
+        path = data_dir / f"{name}.jsonl"
+        if not path.exists():
+            continue
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                if line.strip():
+                    row = json.loads(line)
+                    yield origin, row["text"], row.get("gold") if origin == "transfer" else None
+
+
 def soft_labels_stage(ctx: Any, out: Path) -> None:
     from distill.teacher import load_teacher
 
     run = ctx.run.path
     teacher, tok = load_teacher(run / "teacher")
     tmetrics = ctx.metrics("teacher")
-    pool = student_pool(run / "data")
     names = read_labels(run / "data")
     t0 = time.perf_counter()
-    soft = label_texts(teacher, tok, [p["text"] for p in pool], tmetrics["max_length"],
-                       head=tmetrics.get("head_tokens", 0))
+    by_origin = {o: 0 for o in ("train", "transfer", "augmented")}
+    gold_texts: list[tuple[str, int]] = []  # (text key, gold label) of transfer texts with a gold label
+    soft: Optional[SoftLabels] = None
+    chunk: list[str] = []
+    pending: set[str] = set()  # the keys of chunk
+
+    def flush() -> None:
+        nonlocal soft, chunk, pending
+        if chunk:
+            soft = label_texts(teacher, tok, chunk, tmetrics["max_length"], previous=soft,
+                               head=tmetrics.get("head_tokens", 0))
+            chunk, pending = [], set()
+
+    for origin, text, gold in _pool_stream(run / "data"):
+        by_origin[origin] += 1
+        key = text_key(text)
+        if gold is not None:
+            gold_texts.append((key, gold))
+        if key not in pending and (soft is None or key not in soft.index):
+            pending.add(key)
+            chunk.append(text)
+            if len(chunk) == CHUNK:
+                flush()
+    flush()
+    soft = soft or SoftLabels(np.zeros((0, len(names)), np.float32), {})
     wall = time.perf_counter() - t0
     soft.save(out)
     report: dict[str, Any] = {"texts": len(soft.index), "wall_s": round(wall, 1),
                               "texts_per_s": round(len(soft.index) / max(wall, 1e-9), 1),
-                              "by_origin": {o: sum(p["origin"] == o for p in pool) for o in ("train", "transfer", "augmented")}}
-    gold = [p for p in pool if p.get("gold") is not None]
-    if gold:  # few-shot simulation: how good are the pseudo-labels the student will learn from?
-        pred = soft.get([p["text"] for p in gold]).argmax(-1)
-        report["pseudo_label_accuracy"] = float(np.mean(pred == np.array([p["gold"] for p in gold])))
-        report["pseudo_label_n"] = len(gold)
+                              "by_origin": by_origin}
+    if gold_texts:  # few-shot simulation: how good are the pseudo-labels the student will learn from?
+        pred = soft.logits[[soft.index[k] for k, _ in gold_texts]].argmax(-1)
+        report["pseudo_label_accuracy"] = float(np.mean(pred == np.array([g for _, g in gold_texts])))
+        report["pseudo_label_n"] = len(gold_texts)
     probs = _softmax(soft.logits)
     report["teacher_confidence_mean"] = float(probs.max(-1).mean()) if len(probs) else None
     report["label_distribution"] = {names[i]: int(c) for i, c in enumerate(np.bincount(probs.argmax(-1), minlength=len(names)))} if len(probs) else {}
