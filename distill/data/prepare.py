@@ -6,7 +6,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 import pandas as pd
 
@@ -124,7 +124,7 @@ def _straddling(parts: dict[str, pd.DataFrame]) -> dict[str, int]:
             "validation&test": len(g["validation"] & g["test"])}
 
 
-def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+def _write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
     with open(path, "w", encoding="utf-8") as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -140,10 +140,10 @@ def write(prep: Prepared, out: Path) -> None:
             for row, grp in zip(rows, df["group"]):
                 row["group"] = grp
         _write_jsonl(out / f"{name}.jsonl", rows)
-    _write_jsonl(out / "transfer.jsonl",
-                 [{"text": t, "gold": ids.get(g) if isinstance(g, str) else None}
-                  for t, g in zip(prep.transfer["text"], prep.transfer["gold"])])
-    _write_jsonl(out / "augmented.jsonl", [{"text": t, "split": s, "source": i} for t, s, i in prep.augmented])
+    _write_jsonl(out / "transfer.jsonl",  # rows made as they are written: the pool may be millions
+                 ({"text": t, "gold": ids.get(g) if isinstance(g, str) else None}
+                  for t, g in zip(prep.transfer["text"], prep.transfer["gold"])))
+    _write_jsonl(out / "augmented.jsonl", ({"text": t, "split": s, "source": i} for t, s, i in prep.augmented))
     (out / "labels.json").write_text(json.dumps({"names": prep.names}, indent=2) + "\n")
     (out / "data_report.json").write_text(json.dumps(prep.report, indent=2, ensure_ascii=False) + "\n")
 
