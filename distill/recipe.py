@@ -16,6 +16,7 @@ import yaml
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer,
                       model_validator)
 
+from distill import choices
 from distill.errors import RecipeError
 
 
@@ -229,8 +230,8 @@ class Distill(_Section):
 
 
 class Export(_Section):
-    quantize: Literal["dynamic", "static", "none"] = Field("dynamic", description="int8 quantization of the student.")
-    isa: Literal["auto", "avx512_vnni", "avx2", "arm64"] = Field("auto", description="Instruction set to quantize for; auto = detected on the host.")
+    quantize: Literal[choices.QUANTIZE] = Field("dynamic", description="int8 quantization of the student.")
+    isa: Literal[choices.ISA] = Field("auto", description="Instruction set to quantize for; auto = detected on the host.")
     optimize: bool = Field(True, description="Run ONNX Runtime's transformer fusions before quantization.")
     opset: int = Field(17, ge=11, le=21, description="ONNX opset.")
     calibration_samples: int = Field(256, gt=0, description="Training texts used to calibrate static int8.")
@@ -238,9 +239,9 @@ class Export(_Section):
     ort: bool = Field(True, description="Convert to .ort and run ONNX Runtime's mobile usability check.")
     fp32_atol: float = Field(1e-4, gt=0, description="Parity gate: max |logit difference| fp32 ONNX vs PyTorch.")
     int8_min_agreement: float = Field(0.99, gt=0, le=1, description="Parity gate: min label agreement int8 vs PyTorch.")
-    vocab: Literal["full", "domain"] = Field("full", description="domain: prune the embedding table to the tokens of the run's training, transfer and augmented texts (plus special tokens and every single character), with matching tokenizer files.")
+    vocab: Literal[choices.VOCAB] = Field("full", description="domain: prune the embedding table to the tokens of the run's training, transfer and augmented texts (plus special tokens and every single character), with matching tokenizer files.")
     vocab_top_n: Optional[int] = Field(None, gt=0, description="With vocab: domain, keep only the N most frequent of those tokens.")
-    embeddings: Literal["int8", "int4"] = Field("int8", description="Word-embedding table precision with dynamic int8: int4 block-quantizes it (ONNX Runtime's GatherBlockQuantized).")
+    embeddings: Literal[choices.EMBEDDINGS] = Field("int8", description="Word-embedding table precision with dynamic int8: int4 block-quantizes it (ONNX Runtime's GatherBlockQuantized).")
     embeddings_block_size: int = Field(32, ge=16, description="Block size of int4 embeddings (a power of two dividing the hidden size).")
     e2e: bool = Field(True, description="Also write model.e2e.int8.onnx (and .ort): strings in, tokenizer inside the graph (ONNX Runtime Extensions), label and probabilities out.")
 

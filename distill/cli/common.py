@@ -30,6 +30,11 @@ _state = {"debug": False}
 SetOpt = Annotated[list[str], typer.Option("--set", help="Override a recipe key: --set student.epochs=3 (repeatable).")]
 
 
+def choice_type(name: str, values: tuple[str, ...]) -> Any:
+    """A Typer choice type (a str Enum) of one of distill.choices' lists."""
+    return Enum(name, {v: v for v in values}, type=str)
+
+
 class Which(str, Enum):
     student = "student"
     teacher = "teacher"

@@ -2,38 +2,22 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from distill.cli.common import Arm64OptLevel, OptLevel, Which, _show_progress, guarded, out
+from distill import choices
+from distill.cli.common import Arm64OptLevel, OptLevel, Which, _show_progress, choice_type, guarded, out
 
 export_app = typer.Typer(no_args_is_help=True, help="Export a run's student (or any model folder).")
 
 
-class Quantize(str, Enum):
-    dynamic = "dynamic"
-    static = "static"
-    none = "none"
-
-
-class Vocab(str, Enum):
-    full = "full"
-    domain = "domain"
-
-
-class Embeddings(str, Enum):
-    int8 = "int8"
-    int4 = "int4"
-
-
-class Isa(str, Enum):
-    auto = "auto"
-    avx512_vnni = "avx512_vnni"
-    avx2 = "avx2"
-    arm64 = "arm64"
+# The choices of the recipe's export section (distill.recipe.Export), one list for recipe and CLI.
+Quantize = choice_type("Quantize", choices.QUANTIZE)
+Vocab = choice_type("Vocab", choices.VOCAB)
+Embeddings = choice_type("Embeddings", choices.EMBEDDINGS)
+Isa = choice_type("Isa", choices.ISA)
 
 
 @export_app.command("onnx")
