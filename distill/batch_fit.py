@@ -57,8 +57,6 @@ def train_fitting_memory(make_trainer: Callable[[Any], Any], cfg: Any, model: An
                         "accumulation steps (the same %d examples per update)", stage, cfg.batch_size,
                         str(e).splitlines()[0][:120], smaller.batch_size, smaller.grad_accum,
                         smaller.batch_size * smaller.grad_accum)
-        if hasattr(trainer, "remove_hooks"):  # the student's relation hooks (distill/student.py)
-            trainer.remove_hooks()
         del trainer
         gc.collect()
         if torch.cuda.is_available():

@@ -46,7 +46,7 @@ def qkv_modules(model: Any, layer: int) -> tuple[Any, Any, Any]:
         block = layers[layer]
     except IndexError:
         raise DistillError(f"distill.relation_layer {layer}: the model has layers 0..{len(layers) - 1} "
-                           f"(or -1..-{len(layers)} from the top).") from None
+                           f"(or -1..-{len(layers)} from the top); set distill.relation_layer within that range.") from None
     by_leaf: dict[str, list[Any]] = {}
     for name, module in block.named_modules():
         by_leaf.setdefault(name.rsplit(".", 1)[-1], []).append(module)

@@ -15,7 +15,7 @@ from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 
-from distill.data.prepare import read_labels, read_split
+from distill.data.prepare import read_labels
 
 log = logging.getLogger(__name__)
 
@@ -24,13 +24,29 @@ def text_key(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+ORIGINS = ("train", "transfer", "augmented")  # the data stage's files of the student's pool, in pool order
+
+
+def pool_rows(data_dir: Path) -> Iterator[dict[str, Any]]:
+    """Every text the student sees, read line by line: text, origin, its gold label where training may
+    use it (`label`, else None) and, for transfer texts, the held-back label of a few-shot run (`gold`)."""
+    for origin in ORIGINS:
+        path = data_dir / f"{origin}.jsonl"
+        if not path.exists():
+            continue
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                if line.strip():
+                    r = json.loads(line)
+                    row = {"text": r["text"], "label": r["label"] if origin == "train" else None, "origin": origin}
+                    if origin == "transfer":
+                        row["gold"] = r.get("gold")
+                    yield row
+
+
 def student_pool(data_dir: Path) -> list[dict[str, Any]]:
-    """Every text the student sees, with its gold label where training may use it (else None)."""
-    pool = [{"text": r["text"], "label": r["label"], "origin": "train"} for r in read_split(data_dir, "train")]
-    pool += [{"text": r["text"], "label": None, "gold": r.get("gold"), "origin": "transfer"}
-             for r in read_split(data_dir, "transfer")]
-    pool += [{"text": r["text"], "label": None, "origin": "augmented"} for r in read_split(data_dir, "augmented")]
-    return pool
+    """The student's pool in memory (the student stage); the soft-labels stage streams pool_rows."""
+    return list(pool_rows(data_dir))
 
 
 class SoftLabels:
@@ -99,20 +115,6 @@ def label_texts(teacher: Any, tokenizer: Any, texts: Sequence[str], max_length: 
 CHUNK = 65_536
 
 
-def _pool_stream(data_dir: Path) -> Iterator[tuple[str, str, Optional[int]]]:
-    """(origin, text, gold label id or None) for every text of the student's pool, read line by line,
-    in student_pool's order."""
-    for origin, name in (("train", "train"), ("transfer", "transfer"), ("augmented", "augmented")):
-        path = data_dir / f"{name}.jsonl"
-        if not path.exists():
-            continue
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                if line.strip():
-                    row = json.loads(line)
-                    yield origin, row["text"], row.get("gold") if origin == "transfer" else None
-
-
 def soft_labels_stage(ctx: Any, out: Path) -> None:
     from distill.teacher import load_teacher
 
@@ -121,7 +123,7 @@ def soft_labels_stage(ctx: Any, out: Path) -> None:
     tmetrics = ctx.metrics("teacher")
     names = read_labels(run / "data")
     t0 = time.perf_counter()
-    by_origin = {o: 0 for o in ("train", "transfer", "augmented")}
+    by_origin = {o: 0 for o in ORIGINS}
     gold_texts: list[tuple[str, int]] = []  # (text key, gold label) of transfer texts with a gold label
     soft: Optional[SoftLabels] = None
     chunk: list[str] = []
@@ -134,14 +136,14 @@ def soft_labels_stage(ctx: Any, out: Path) -> None:
                                head=tmetrics.get("head_tokens", 0))
             chunk, pending = [], set()
 
-    for origin, text, gold in _pool_stream(run / "data"):
-        by_origin[origin] += 1
-        key = text_key(text)
-        if gold is not None:
-            gold_texts.append((key, gold))
+    for row in pool_rows(run / "data"):
+        by_origin[row["origin"]] += 1
+        key = text_key(row["text"])
+        if row.get("gold") is not None:
+            gold_texts.append((key, row["gold"]))
         if key not in pending and (soft is None or key not in soft.index):
             pending.add(key)
-            chunk.append(text)
+            chunk.append(row["text"])
             if len(chunk) == CHUNK:
                 flush()
     flush()
@@ -160,7 +162,7 @@ def soft_labels_stage(ctx: Any, out: Path) -> None:
     report["label_distribution"] = {names[i]: int(c) for i, c in enumerate(np.bincount(probs.argmax(-1), minlength=len(names)))} if len(probs) else {}
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     log.info("soft labels: %d texts in %.1f s%s", len(soft.index), wall,
-             f"; pseudo-label accuracy {report['pseudo_label_accuracy']:.4f}" if gold else "")
+             f"; pseudo-label accuracy {report['pseudo_label_accuracy']:.4f}" if gold_texts else "")
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:

@@ -51,18 +51,23 @@ def _trainer_class():
             self.need_hidden = any(loss_weights.get(h) for h in HIDDEN)
             self.relations = None
             if relations:  # attn_relations: the teacher runs beside the student (distill/relations.py)
-                from distill.relations import QKVCapture
-
                 teacher = relations["teacher"].to(self.args.device).eval().requires_grad_(False)
-                self.relations = dict(relations, teacher=teacher, ids=relations["ids"].to(self.args.device),
-                                      teacher_qkv=QKVCapture(teacher, relations["layer"], stop=True),
-                                      student_qkv=QKVCapture(self.model, -1))
+                self.relations = dict(relations, teacher=teacher, ids=relations["ids"].to(self.args.device))
 
-        def remove_hooks(self) -> None:
-            """Detach the relation hooks (the student is evaluated and saved after training)."""
-            if self.relations:
-                self.relations["teacher_qkv"].remove()
-                self.relations["student_qkv"].remove()
+        def train(self, *args: Any, **kwargs: Any) -> Any:
+            """attn_relations: Q/K/V hooks on teacher and student for the length of training only."""
+            if not self.relations:
+                return super().train(*args, **kwargs)
+            from distill.relations import QKVCapture
+
+            rel = self.relations
+            rel["teacher_qkv"] = QKVCapture(rel["teacher"], rel["layer"], stop=True)
+            rel["student_qkv"] = QKVCapture(self.model, -1)
+            try:
+                return super().train(*args, **kwargs)
+            finally:
+                rel["teacher_qkv"].remove()
+                rel["student_qkv"].remove()
 
         def _get_train_sampler(self, train_dataset: Any = None) -> Any:
             return self.curriculum if self.curriculum is not None else super()._get_train_sampler(train_dataset)
@@ -283,7 +288,6 @@ def student_stage(ctx: Any, out: Path) -> None:
         first = fitted(s, rdir)
         trainer, result, used = train_fitting_memory(make_trainer, first, student, rdir, resume_from,
                                                      lambda: _restart_round(rdir, train_log), f"student round {rnd}")
-        trainer.remove_hooks()
         if used is not first:  # trained again from step 0 at a smaller batch
             resumed_step = None
         student = trainer.model
