@@ -109,6 +109,10 @@ def run_recipe(recipe: Recipe, run_dir: Path, *, resume: bool = False, force: bo
         done: list[StageResult] = []
         not_built: list[str] = []
         for stage in stages:
+            if not stage.wanted(recipe):
+                if stage.name == until:
+                    break
+                continue
             if stage.fn is None or any(dep in not_built for dep in stage.after):
                 run.record(stage.name, status="not-built")
                 not_built.append(stage.name)

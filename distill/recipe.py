@@ -144,8 +144,12 @@ class Teacher(Training):
     lora: Optional[Lora] = Field(None, description="Train LoRA adapters instead of all weights (works on CPU too).")
     trust_remote_code: bool = Field(False, description="Run model code shipped with the checkpoint. Off unless you trust its source.")
     allow_pickle: bool = Field(False, description="Allow loading .bin (pickle) weights; safetensors only by default.")
+    contrastive_iterations: int = Field(0, ge=0, description="Before the classification head, train the model's body SetFit's way on sentence pairs of the labelled rows (2 x iterations pairs per row, cosine-similarity loss; for few labels); 0 = off. Needs the optional setfit install.")
 
     prompt: Prompt = Field(default_factory=Prompt, description="The few-shot prompt of a prompted teacher.")
+
+    def _added_later(self) -> tuple[str, ...]:
+        return super()._added_later() + (("contrastive_iterations",) if self.contrastive_iterations == 0 else ())
 
     @model_validator(mode="after")
     def _quantization_needs_lora(self) -> "Teacher":
@@ -271,6 +275,14 @@ class Bench(_Section):
     compare_optimum: bool = Field(True, description="Also measure the student and the teacher exported and int8-quantized optimum's default way, and the TF-IDF floor.")
 
 
+class Baselines(_Section):
+    """Reference models trained on the run's own split and scored on its test split (the baselines stage)."""
+
+    setfit: bool = Field(False, description="Train SetFit (setfit 1.2: contrastive sentence pairs, then a logistic head) on the labelled training rows with teacher.model as its body, and, with student.init: pretrained, SetFit's own DistillationTrainer into student.model on the unlabelled transfer texts; both scored on the test split beside our models. Needs the optional setfit install (`pip install 'edge-distill[setfit]'`).")
+    setfit_iterations: int = Field(20, ge=1, description="SetFit's pair iterations: 2 x iterations sentence pairs per labelled row.")
+    setfit_distill_steps: int = Field(500, ge=1, description="Steps (batch 16) of SetFit's DistillationTrainer.")
+
+
 class Tune(_Section):
     trials: int = Field(20, gt=0, description="Optuna trials.")
     timeout: Optional[int] = Field(None, gt=0, description="Stop the search after this many seconds.")
@@ -308,12 +320,15 @@ class Recipe(_Section):
     export: Export = Field(default_factory=Export)
     bench: Bench = Field(default_factory=Bench)
     tune: Tune = Field(default_factory=Tune)
+    baselines: Baselines = Field(default_factory=Baselines, description="Reference models beside ours (SetFit).")
     lm: CausalLM = Field(default_factory=CausalLM, description="Settings of task: causal-lm.")
 
     @model_serializer(mode="wrap")
     def _omit_lm_keys(self, handler: Any) -> Any:
         # A classification recipe dumps exactly as before task: causal-lm existed (see Teacher).
-        return _without(handler(self), ("task", "lm") if self.task == "classification" else ())
+        # baselines: added later, dumped only when set.
+        return _without(handler(self), (("task", "lm") if self.task == "classification" else ())
+                        + (("baselines",) if self.baselines == Baselines() else ()))
 
     def cross_problems(self) -> list[tuple[tuple[str, ...], str]]:
         """(key, message) for settings that are valid alone but not together."""
@@ -327,6 +342,13 @@ class Recipe(_Section):
             if hidden:
                 out.append((("distill", "losses"), f"{', '.join(hidden)} compare hidden states or attention with the teacher's, "
                             "which a prompted teacher does not provide: use kl and ce"))
+        if self.teacher.contrastive_iterations and (self.teacher.kind == "prompted" or self.teacher.lora is not None
+                                                    or not self.teacher.train):
+            out.append((("teacher", "contrastive_iterations"), "the contrastive phase trains all of a fine-tuned "
+                        "teacher's body before its head: it needs teacher.kind: fine-tuned, teacher.train: true and no "
+                        "lora; set it to 0 here"))
+        if self.baselines.setfit and self.task != "classification":
+            out.append((("baselines", "setfit"), "SetFit is a classifier: baselines.setfit needs task: classification"))
         if self.task == "causal-lm":
             out += _causal_lm_problems(self)
         return out

@@ -84,3 +84,9 @@ class Stage:
     # the current code would not make. Revision 1 adds nothing to the inputs, so runs made before
     # revisions existed keep their digests.
     revision: int = 1
+    # Stages a recipe may leave out (e.g. baselines): run only when when(recipe) is true; otherwise
+    # neither run nor recorded, so runs made before the stage existed resume unchanged.
+    when: Optional[Callable[[Recipe], bool]] = None
+
+    def wanted(self, recipe: Recipe) -> bool:
+        return self.when is None or bool(self.when(recipe))

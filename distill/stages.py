@@ -32,6 +32,12 @@ def _data_fingerprint(recipe: Any) -> Any:
     return source_fingerprint(recipe.data)
 
 
+def _baselines(ctx: Any, out: Path) -> None:
+    from distill.baselines import baselines_stage
+
+    return baselines_stage(ctx, out)
+
+
 def _teacher_fingerprint(recipe: Any) -> Any:
     return task_of(recipe).teacher_fingerprint(recipe)
 
@@ -51,4 +57,8 @@ STAGES: list[Stage] = [
           revision=2),  # 2: label_noise: drop matches flagged rows by text, not by row number
     Stage("evaluate", _by_task("evaluate"), ("data",), ("teacher", "student"),
           "test-split metrics beside the TF-IDF floor"),
+    Stage("baselines", _baselines, ("baselines", "teacher.model", "student.init", "student.model"), ("data",),
+          "SetFit and its own distillation on the same split (baselines.setfit)",
+          reads={"data": ("train.jsonl", "test.jsonl", "transfer.jsonl", "labels.json")},
+          when=lambda recipe: recipe.task == "classification" and recipe.baselines.setfit),
 ]

@@ -1,5 +1,6 @@
-"""One table per run: teacher, student, student int8 and the TF-IDF floor, from the files the
-stages wrote (evaluate/summary.json, onnx/export.json, bench/results.json). Reads only."""
+"""One table per run: teacher, student, student int8, the TF-IDF floor and the SetFit baselines, from
+the files the stages wrote (evaluate/summary.json, baselines/summary.json, onnx/export.json,
+bench/results.json). Reads only."""
 
 from __future__ import annotations
 
@@ -41,6 +42,11 @@ def _bench_p50(results: Optional[dict[str, Any]], *names: str) -> Optional[float
     return None
 
 
+def _short(model: Any) -> str:
+    """packaged:mpnet-base -> mpnet-base; a folder -> its name."""
+    return Path(str(model).split(":", 1)[-1]).name
+
+
 def run_summary(run_dir: Path) -> dict[str, Any]:
     """Rows (name -> figures) and the paths a user looks at next."""
     run_dir = Path(run_dir)
@@ -75,6 +81,11 @@ def run_summary(run_dir: Path) -> dict[str, Any]:
     if floor:
         rows["TF-IDF + LR floor"] = {"accuracy": floor["accuracy"], "macro_f1": floor["macro_f1"],
                                      "p50_ms": _bench_p50(bench, "tfidf-floor")}
+    base = _read(run_dir / "baselines" / "summary.json") or {}
+    for key, label in (("setfit", "SetFit"), ("setfit_distilled", "SetFit distilled")):
+        r = (base.get("rows") or {}).get(key)
+        if r:
+            rows[f"{label} ({_short(r.get('model'))})"] = {"accuracy": r["accuracy"], "macro_f1": r["macro_f1"]}
     paths = {}
     for label, rel in (("report", "bench/report.html"), ("ort", "onnx/model.int8-dynamic.ort"),
                        ("e2e ort", "onnx/model.e2e.int8.ort"),

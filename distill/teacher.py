@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -87,11 +88,22 @@ def teacher_stage(ctx: Any, out: Path) -> None:
     tok = load_tokenizer(t.model, t.trust_remote_code)
     max_length = pick_max_length(tok, [row["text"] for row in train], t.max_length)
     head = head_tokens(tok, max_length, t.truncation)
+    body_dir = tempfile.TemporaryDirectory(prefix="teacher-body-")
+    base, contrastive = t.model, None
+    if t.train and t.contrastive_iterations:  # SetFit's first phase: the body on sentence pairs of the labels
+        from distill.setfit_runs import contrastive_body
+
+        c0 = time.perf_counter()
+        log.info("teacher: contrastive phase, %d pair iterations on %d labelled rows", t.contrastive_iterations, len(train))
+        base = str(contrastive_body(t.model, [row["text"] for row in train], [row["label"] for row in train],
+                                    iterations=t.contrastive_iterations, seed=r.seed, out=Path(body_dir.name)))
+        contrastive = {"iterations": t.contrastive_iterations, "wall_s": round(time.perf_counter() - c0, 1)}
     # The new classifier head's initial weights come from the global RNG: seed it here, so the
     # result does not depend on what ran earlier in this process (a fresh run vs a --resume).
     set_seed(r.seed)
-    model = load_classifier(t.model, names, trust_remote_code=t.trust_remote_code, allow_pickle=t.allow_pickle,
+    model = load_classifier(base, names, trust_remote_code=t.trust_remote_code, allow_pickle=t.allow_pickle,
                             dropout=t.dropout, quantization=t.quantization)
+    body_dir.cleanup()
     if t.quantization != "none" and device.device != "cuda":
         log.warning("teacher.quantization=%s on CPU: bitsandbytes' CPU backend is slow and partial", t.quantization)
     if t.lora:
@@ -101,6 +113,8 @@ def teacher_stage(ctx: Any, out: Path) -> None:
 
     t0 = time.perf_counter()
     train_info: dict[str, Any] = {"trained": t.train}
+    if contrastive:
+        train_info["contrastive"] = contrastive
     if t.train:
         ckpt_dir = ctx.checkpoints("teacher")
         stage_digest = ctx.inputs_digest("teacher")

@@ -41,6 +41,6 @@ def test_a_run_made_by_older_code_resumes_with_every_stage_reused(name, tmp_path
     monkeypatch.setattr(stages, "STAGES", [dataclasses.replace(s, fn=_stub(s.name)) for s in stages.STAGES])
     recipe = load_recipe(run / "recipe.yaml")
     summary = run_recipe(recipe, run, resume=True)
-    assert [r.name for r in summary.done] == [s.name for s in stages.STAGES] and not summary.not_built
+    assert [r.name for r in summary.done] == [s.name for s in stages.STAGES if s.wanted(recipe)] and not summary.not_built
     rebuilt = [r.name for r in summary.done if not r.skipped]
     assert not rebuilt, f"{name} (made at {MADE['commit']}): {rebuilt} rebuilt"

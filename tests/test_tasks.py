@@ -19,7 +19,8 @@ REPO = Path(__file__).resolve().parents[1]
 def test_every_task_names_every_stage_and_entry_point_and_each_resolves():
     assert set(TASKS) == {"classification", "causal-lm"}
     for task in TASKS.values():
-        assert tuple(task.stages) == STAGE_NAMES == tuple(s.name for s in stages.STAGES)
+        # the task-specific stages; the rest (baselines) are the same function for every task, run when wanted
+        assert tuple(task.stages) == STAGE_NAMES == tuple(s.name for s in stages.STAGES if s.when is None)
         for name in STAGE_NAMES:
             fn = task.stage(name)
             assert callable(fn) and fn.__name__ == f"{name}_stage"

@@ -1,0 +1,118 @@
+"""SetFit (contrastive sentence pairs, then a classification head) on a run's own split, through the
+setfit library itself: the baseline rows of the `baselines` stage (SetFit, and SetFit's own
+distillation into the student's model) and the teacher's optional contrastive phase
+(`teacher.contrastive_iterations`).
+
+setfit is an optional dependency (`pip install edge-distill[setfit]`); nothing here imports it before
+it is needed, and a missing install is a one-paragraph error naming the command.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from distill.errors import DistillError
+
+log = logging.getLogger(__name__)
+
+BATCH = 16  # SetFit's default embedding batch
+
+
+def _setfit() -> Any:
+    try:
+        import setfit
+    except ImportError as e:
+        raise DistillError(f"SetFit is not installed ({e}): it is optional. Install it with "
+                           "`pip install 'edge-distill[setfit]'` (or `.venv/bin/pip install -c "
+                           "requirements/constraints.txt setfit sentence-transformers` in a clone), "
+                           "or turn off baselines.setfit and teacher.contrastive_iterations.") from e
+    return setfit
+
+
+def _args(work: Path, seed: int, **kw: Any) -> Any:
+    """setfit.TrainingArguments that write only under `work` and report nowhere."""
+    setfit = _setfit()
+    return setfit.TrainingArguments(output_dir=str(work), report_to="none", save_strategy="no", seed=seed,
+                                    batch_size=BATCH, num_epochs=1, show_progress_bar=False, **kw)
+
+
+def _dataset(texts: Sequence[str], labels: Sequence[int] | None = None) -> Any:
+    from datasets import Dataset
+
+    cols: dict[str, list[Any]] = {"text": list(texts)}
+    if labels is not None:
+        cols["label"] = [int(v) for v in labels]
+    return Dataset.from_dict(cols)
+
+
+def load_setfit(model_ref: str) -> Any:
+    """A SetFitModel (body + logistic-regression head) from a model reference or folder; a plain
+    transformers encoder gets mean pooling, as sentence-transformers gives it."""
+    from distill.assets import resolve_model
+
+    return _setfit().SetFitModel.from_pretrained(resolve_model(model_ref))
+
+
+def train_setfit(model_ref: str, texts: Sequence[str], labels: Sequence[int], *, iterations: int,
+                 seed: int) -> tuple[Any, float]:
+    """SetFit's two phases on the labelled rows: the body on iterations x 2 pairs per text (cosine
+    similarity loss), then the logistic head on the bodies' embeddings. Returns (model, seconds)."""
+    setfit = _setfit()
+    from transformers import set_seed
+
+    set_seed(seed)
+    t0 = time.perf_counter()
+    model = load_setfit(model_ref)
+    with tempfile.TemporaryDirectory(prefix="setfit-") as work:
+        trainer = setfit.Trainer(model=model, args=_args(Path(work), seed, num_iterations=iterations),
+                                 train_dataset=_dataset(texts, labels))
+        trainer.train()
+    return model, time.perf_counter() - t0
+
+
+def distill_setfit(teacher: Any, student_ref: str, texts: Sequence[str], *, max_steps: int,
+                   seed: int) -> tuple[Any, float]:
+    """SetFit's DistillationTrainer: the student's body learns the teacher body's cosine similarities
+    on pairs of the unlabelled texts, then its head fits the teacher's predictions on them."""
+    setfit = _setfit()
+    from transformers import set_seed
+
+    set_seed(seed)
+    t0 = time.perf_counter()
+    student = load_setfit(student_ref)
+    with tempfile.TemporaryDirectory(prefix="setfit-distill-") as work:
+        trainer = setfit.DistillationTrainer(teacher_model=teacher, student_model=student,
+                                             args=_args(Path(work), seed, max_steps=max_steps),
+                                             train_dataset=_dataset(texts))
+        trainer.train()
+    return student, time.perf_counter() - t0
+
+
+def predict(model: Any, texts: Sequence[str]) -> list[int]:
+    return [int(p) for p in model.predict(list(texts), batch_size=64, show_progress_bar=False)]
+
+
+def contrastive_body(model_ref: str, texts: Sequence[str], labels: Sequence[int], *, iterations: int,
+                     seed: int, out: Path, learning_rate: float = 2e-5) -> Path:
+    """SetFit's first phase alone (the body on labelled sentence pairs), saved to `out` as a
+    transformers encoder folder the classifier is then built from; returns out. learning_rate:
+    SetFit's default body learning rate."""
+    setfit = _setfit()
+    from transformers import set_seed
+
+    set_seed(seed)
+    model = load_setfit(model_ref)
+    with tempfile.TemporaryDirectory(prefix="setfit-body-") as work:
+        trainer = setfit.Trainer(model=model, args=_args(Path(work), seed, num_iterations=iterations,
+                                                         body_learning_rate=learning_rate),
+                                 train_dataset=_dataset(texts, labels))
+        trainer.train_embeddings(list(texts), [int(v) for v in labels])
+    body = model.model_body
+    out.mkdir(parents=True, exist_ok=True)
+    body[0].auto_model.save_pretrained(out, safe_serialization=True)  # the transformer, without pooling
+    body[0].tokenizer.save_pretrained(out)
+    return out

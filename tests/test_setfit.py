@@ -1,0 +1,136 @@
+"""SetFit through the setfit library on tiny BERTs: the baselines stage (SetFit and its distilled
+student beside our models) and the teacher's contrastive phase (teacher.contrastive_iterations)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tiny import FAST, corpus, make_tiny_bert, write_csv
+from typer.testing import CliRunner
+
+from distill.cli import app
+
+pytest.importorskip("setfit")
+
+
+def _texts_labels(n_groups: int = 2) -> tuple[list[str], list[int]]:
+    rows = corpus(n_groups)
+    return [r["text"] for r in rows], [int(r["label"] == "pos") for r in rows]
+
+
+def _separation(model_dir: Path, texts: list[str], labels: list[int]) -> float:
+    """Mean cosine similarity of same-label pairs minus that of different-label pairs (mean pooling)."""
+    import torch
+
+    from distill.setfit_runs import load_setfit
+
+    e = torch.nn.functional.normalize(torch.tensor(load_setfit(str(model_dir)).model_body.encode(texts)), dim=-1)
+    sim, y = e @ e.T, torch.tensor(labels)
+    same, eye = y[:, None] == y[None, :], torch.eye(len(y), dtype=torch.bool)
+    return float(sim[same & ~eye].mean() - sim[~same].mean())
+
+
+def test_contrastive_phase_pulls_same_label_texts_together_and_saves_a_loadable_encoder(tiny_bert, tmp_path):
+    from distill.modeling import load_classifier
+    from distill.setfit_runs import contrastive_body
+
+    texts, labels = _texts_labels()
+    before = _separation(tiny_bert, texts, labels)
+    body = contrastive_body(str(tiny_bert), texts, labels, iterations=5, seed=0, out=tmp_path / "body",
+                            learning_rate=1e-3)
+    after = _separation(body, texts, labels)
+    assert after > before + 0.05, (before, after)
+    model = load_classifier(str(body), ["neg", "pos"])
+    assert model.config.num_labels == 2
+    # the classifier's encoder is the contrastively trained body, not the starting weights
+    import torch
+    from transformers import AutoModel
+
+    trained, start = AutoModel.from_pretrained(body), AutoModel.from_pretrained(tiny_bert)
+    assert torch.equal(model.bert.embeddings.word_embeddings.weight, trained.embeddings.word_embeddings.weight)
+    assert not torch.equal(trained.embeddings.word_embeddings.weight, start.embeddings.word_embeddings.weight)
+
+
+def test_setfit_fits_the_labels_and_its_distilled_student_follows_it(tiny_bert, tmp_path):
+    from distill.setfit_runs import distill_setfit, predict, train_setfit
+
+    texts, labels = _texts_labels()
+    teacher, wall = train_setfit(str(tiny_bert), texts, labels, iterations=5, seed=0)
+    assert wall > 0
+    pred = predict(teacher, texts)
+    assert set(pred) <= {0, 1} and np.mean(np.array(pred) == np.array(labels)) >= 0.75
+    student_dir = make_tiny_bert(tmp_path / "student", layers=1, hidden=16, seed=1)
+    student, _ = distill_setfit(teacher, str(student_dir), texts, max_steps=10, seed=0)
+    # the student's head is fitted on the teacher's predictions, so it agrees with the teacher far above chance
+    assert np.mean(np.array(predict(student, texts)) == np.array(pred)) >= 0.75
+
+
+def test_missing_setfit_is_an_error_naming_the_install(monkeypatch):
+    import sys
+
+    from distill.errors import DistillError
+    from distill.setfit_runs import load_setfit
+
+    monkeypatch.setitem(sys.modules, "setfit", None)  # what an environment without the package raises
+    with pytest.raises(DistillError, match=r"edge-distill\[setfit\]"):
+        load_setfit("packaged:minilm-l6")
+
+
+def _run(tmp_path: Path, tiny_bert: Path, *sets: str) -> tuple[Path, object]:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    csv = write_csv(tmp_path, corpus(6))
+    args = ["run", "--models-dir", str(tmp_path / "models")]
+    for s in [f"data.source={csv}", f"teacher.model={tiny_bert}", "name=fs", *FAST, *sets]:
+        args += ["--set", s]
+    return tmp_path / "models" / "fs", CliRunner().invoke(app, args)
+
+
+def test_few_shot_run_with_setfit_baselines_reports_them_beside_our_models(tiny_bert, tmp_path):
+    student = make_tiny_bert(tmp_path / "student-model", layers=1, hidden=16, seed=1)
+    run, r = _run(tmp_path, tiny_bert, "data.few_shot=8", "student.init=pretrained", f"student.model={student}",
+                  "baselines.setfit=true", "baselines.setfit_iterations=2", "baselines.setfit_distill_steps=5")
+    assert r.exit_code == 0, r.output
+    rows = json.loads((run / "baselines" / "summary.json").read_text())["rows"]
+    test_n = json.loads((run / "evaluate" / "summary.json").read_text())["test_n"]
+    assert set(rows) == {"setfit", "setfit_distilled"}
+    for row in rows.values():
+        assert row["n"] == test_n and sum(map(sum, row["confusion"])) == test_n
+        assert row["accuracy"] == pytest.approx(np.trace(np.array(row["confusion"])) / test_n)
+    assert rows["setfit"]["model"] == str(tiny_bert) and rows["setfit_distilled"]["model"] == str(student)
+    assert json.loads((run / "run.json").read_text())["stages"]["baselines"]["status"] == "complete"
+    assert f"SetFit ({tiny_bert.name})" in r.output and f"SetFit distilled ({student.name})" in r.output
+
+
+def test_a_run_without_baselines_records_no_baselines_stage_and_dumps_no_new_keys(tiny_bert, tmp_path):
+    from distill.recipe import dump_recipe, load_recipe
+
+    run, r = _run(tmp_path, tiny_bert)
+    assert r.exit_code == 0, r.output
+    assert "baselines" not in json.loads((run / "run.json").read_text())["stages"]
+    assert not (run / "baselines").exists()
+    dumped = dump_recipe(load_recipe(None, []))
+    assert "baselines" not in dumped and "contrastive_iterations" not in dumped
+
+
+def test_teacher_contrastive_phase_runs_before_the_head_and_is_recorded(tiny_bert, tmp_path):
+    run, r = _run(tmp_path, tiny_bert, "data.few_shot=8", "teacher.contrastive_iterations=2")
+    assert r.exit_code == 0, r.output
+    info = json.loads((run / "teacher" / "metrics.json").read_text())["train"]["contrastive"]
+    assert info["iterations"] == 2 and info["wall_s"] > 0
+    # the same run without the phase trains another teacher from the same labels
+    plain, r2 = _run(tmp_path / "plain", tiny_bert, "data.few_shot=8")
+    assert r2.exit_code == 0, r2.output
+    assert "contrastive" not in json.loads((plain / "teacher" / "metrics.json").read_text())["train"]
+    a, b = ((p / "teacher" / "model.safetensors").read_bytes() for p in (run, plain))
+    assert a != b
+
+
+def test_contrastive_phase_is_refused_where_it_cannot_apply():
+    from distill.errors import DistillError
+    from distill.recipe import load_recipe
+
+    with pytest.raises(DistillError, match="contrastive_iterations"):
+        load_recipe(None, ["teacher.contrastive_iterations=5", "teacher.lora={r: 4}"])
