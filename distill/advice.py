@@ -104,6 +104,15 @@ def advise(run_dir: Path, recipe: Any = None) -> list[Advice]:
             out.append(Advice("warn", f"The {who} {what}: the small classes are being sacrificed to the large ones.",
                               f"--set {section}.class_weights=balanced"))
 
+    base = (_read(run_dir / "baselines" / "summary.json").get("rows") or {})
+    for ours, key, what in (("teacher", "setfit", "SetFit with the same body on the same labels"),
+                            ("student", "setfit_distilled", "SetFit's own distillation into the same student model")):
+        mine, theirs = rows.get(ours), base.get(key)
+        if mine and theirs and theirs["accuracy"] > mine["accuracy"]:
+            hint = "--set teacher.contrastive_iterations=20" if ours == "teacher" and not t_train.get("contrastive") else None
+            out.append(Advice("warn", f"{what} ({_pct(theirs['accuracy'])}) beats our {ours} ({_pct(mine['accuracy'])}) "
+                                      "on this split: at equal data, that route is the better one here.", hint))
+
     kept = student.get("kept_of_teacher")
     if kept and kept > 1.0:
         out.append(Advice("warn", f"The student scores {_pct(kept)} of its teacher: the teacher, not the student, is the "

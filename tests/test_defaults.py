@@ -134,3 +134,18 @@ def test_no_advice_for_a_run_where_the_defaults_fit(tmp_path):
            student={"test": {**_row(0.814), "confusion": [[990, 160], [316, 1094]]}, "kept_of_teacher": 0.983},
            ev={"rows": {"teacher": _row(0.828), "student": _row(0.814), "tfidf_logreg": _row(0.781)}})
     assert advise(tmp_path) == []
+
+
+def test_advice_says_when_setfit_beats_our_teacher_or_student(tmp_path):
+    # the few-shot case: SetFit 84.4% beside our teacher 83.7%; its distilled student under ours
+    _files(tmp_path, teacher={"train": {"steps": 32}, "test": {**_row(0.837), "confusion": [[1100, 180], [237, 1043]]}},
+           student={"test": {**_row(0.814), "confusion": [[1090, 190], [286, 994]]}, "kept_of_teacher": 0.972},
+           ev={"rows": {"teacher": _row(0.837), "student": _row(0.814), "tfidf_logreg": _row(0.542)}})
+    (tmp_path / "baselines").mkdir()
+    (tmp_path / "baselines" / "summary.json").write_text(json.dumps(
+        {"rows": {"setfit": _row(0.844), "setfit_distilled": _row(0.80)}}))
+    got = advise(tmp_path)
+    setfit = [a for a in got if "SetFit" in a.text]
+    assert len(setfit) == 1
+    assert "SetFit with the same body on the same labels (84.4%) beats our teacher (83.7%)" in setfit[0].text
+    assert setfit[0].try_ == "--set teacher.contrastive_iterations=20"
