@@ -5,7 +5,7 @@ its thread count, as bench/ does for classifiers. Artifacts: the student's ONNX 
 `distill export onnx` (fp32 and int8, KV cache) and the student in PyTorch fp32 as the
 reference row. Prompt length: the recipe's bench.seq; tokens generated: lm.new_tokens.
 
-    python -m bench.causal_lm models/NAME   # -> models/NAME/bench/results.json, report.md
+    distill bench models/NAME   # -> models/NAME/bench/results.json, report.md
 """
 
 from __future__ import annotations
@@ -110,25 +110,3 @@ def report_md(results: dict[str, Any]) -> str:
     lines.append(f"\nPrompt {first.get('prompt_tokens')} tokens, {first.get('new_tokens')} generated greedily; "
                  f"median of {results['repeats']} runs after {results['warmup']} warm-up, one process per row.")
     return "\n".join(lines)
-
-
-def main(argv: list[str]) -> int:
-    import argparse
-
-    p = argparse.ArgumentParser(prog="python -m bench.causal_lm", description=__doc__.split("\n\n")[0])
-    p.add_argument("run_dir", type=Path)
-    p.add_argument("--target", action="append", help="target name (repeatable); default: the recipe's bench.targets")
-    p.add_argument("--artifact", action="append", help="student-pytorch, fp32, int8-dynamic (repeatable); default: all")
-    p.add_argument("--prompt-tokens", type=int)
-    p.add_argument("--new-tokens", type=int)
-    p.add_argument("--repeats", type=int, default=5)
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    res = bench_lm(args.run_dir, targets=args.target, prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens,
-                   repeats=args.repeats, artifacts=args.artifact)
-    print(report_md(res))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
