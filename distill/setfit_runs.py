@@ -9,11 +9,13 @@ it is needed, and a missing install is a one-paragraph error naming the command.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 import time
+import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from distill.errors import DistillError
 
@@ -38,6 +40,33 @@ def _args(work: Path, seed: int, **kw: Any) -> Any:
     setfit = _setfit()
     return setfit.TrainingArguments(output_dir=str(work), report_to="none", save_strategy="no", seed=seed,
                                     batch_size=BATCH, num_epochs=1, show_progress_bar=False, **kw)
+
+
+@contextlib.contextmanager
+def _muted() -> Iterator[None]:
+    """setfit's and sentence-transformers' INFO lines and a CPU data loader's pin_memory warning stay
+    out of the CLI's output; warnings and errors still show."""
+    setfit = _setfit()
+    st_log = logging.getLogger("sentence_transformers")
+    levels = setfit.logging.get_verbosity(), st_log.level
+    setfit.logging.set_verbosity_warning()
+    st_log.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*pin_memory.*")
+            yield
+    finally:
+        setfit.logging.set_verbosity(levels[0])
+        st_log.setLevel(levels[1])
+
+
+def _trainer(cls: Any, name: str, **kw: Any) -> Any:
+    """A setfit trainer whose inner Trainer reports through our progress bar, not printed log dicts."""
+    from distill.progress import quiet_trainer
+
+    trainer = cls(**kw)
+    quiet_trainer(trainer.st_trainer, name)
+    return trainer
 
 
 def _dataset(texts: Sequence[str], labels: Sequence[int] | None = None) -> Any:
@@ -66,11 +95,10 @@ def train_setfit(model_ref: str, texts: Sequence[str], labels: Sequence[int], *,
 
     set_seed(seed)
     t0 = time.perf_counter()
-    model = load_setfit(model_ref)
-    with tempfile.TemporaryDirectory(prefix="setfit-") as work:
-        trainer = setfit.Trainer(model=model, args=_args(Path(work), seed, num_iterations=iterations),
-                                 train_dataset=_dataset(texts, labels))
-        trainer.train()
+    with _muted(), tempfile.TemporaryDirectory(prefix="setfit-") as work:
+        model = load_setfit(model_ref)
+        _trainer(setfit.Trainer, "SetFit", model=model, args=_args(Path(work), seed, num_iterations=iterations),
+                 train_dataset=_dataset(texts, labels)).train()
     return model, time.perf_counter() - t0
 
 
@@ -83,17 +111,16 @@ def distill_setfit(teacher: Any, student_ref: str, texts: Sequence[str], *, max_
 
     set_seed(seed)
     t0 = time.perf_counter()
-    student = load_setfit(student_ref)
-    with tempfile.TemporaryDirectory(prefix="setfit-distill-") as work:
-        trainer = setfit.DistillationTrainer(teacher_model=teacher, student_model=student,
-                                             args=_args(Path(work), seed, max_steps=max_steps),
-                                             train_dataset=_dataset(texts))
-        trainer.train()
+    with _muted(), tempfile.TemporaryDirectory(prefix="setfit-distill-") as work:
+        student = load_setfit(student_ref)
+        _trainer(setfit.DistillationTrainer, "SetFit distillation", teacher_model=teacher, student_model=student,
+                 args=_args(Path(work), seed, max_steps=max_steps), train_dataset=_dataset(texts)).train()
     return student, time.perf_counter() - t0
 
 
 def predict(model: Any, texts: Sequence[str]) -> list[int]:
-    return [int(p) for p in model.predict(list(texts), batch_size=64, show_progress_bar=False)]
+    with _muted():
+        return [int(p) for p in model.predict(list(texts), batch_size=64, show_progress_bar=False)]
 
 
 def contrastive_body(model_ref: str, texts: Sequence[str], labels: Sequence[int], *, iterations: int,
@@ -105,11 +132,11 @@ def contrastive_body(model_ref: str, texts: Sequence[str], labels: Sequence[int]
     from transformers import set_seed
 
     set_seed(seed)
-    model = load_setfit(model_ref)
-    with tempfile.TemporaryDirectory(prefix="setfit-body-") as work:
-        trainer = setfit.Trainer(model=model, args=_args(Path(work), seed, num_iterations=iterations,
-                                                         body_learning_rate=learning_rate),
-                                 train_dataset=_dataset(texts, labels))
+    with _muted(), tempfile.TemporaryDirectory(prefix="setfit-body-") as work:
+        model = load_setfit(model_ref)
+        trainer = _trainer(setfit.Trainer, "teacher contrastive phase", model=model,
+                           args=_args(Path(work), seed, num_iterations=iterations, body_learning_rate=learning_rate),
+                           train_dataset=_dataset(texts, labels))
         trainer.train_embeddings(list(texts), [int(v) for v in labels])
     body = model.model_body
     out.mkdir(parents=True, exist_ok=True)
