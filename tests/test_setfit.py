@@ -88,11 +88,15 @@ def _run(tmp_path: Path, tiny_bert: Path, *sets: str) -> tuple[Path, object]:
     return tmp_path / "models" / "fs", CliRunner().invoke(app, args)
 
 
-def test_few_shot_run_with_setfit_baselines_reports_them_beside_our_models(tiny_bert, tmp_path):
+def test_few_shot_run_with_contrastive_teacher_and_setfit_baselines_beside_a_plain_run(tiny_bert, tmp_path):
+    from distill.recipe import dump_recipe, load_recipe
+
     student = make_tiny_bert(tmp_path / "student-model", layers=1, hidden=16, seed=1)
-    run, r = _run(tmp_path, tiny_bert, "data.few_shot=8", "student.init=pretrained", f"student.model={student}",
-                  "baselines.setfit=true", "baselines.setfit_iterations=2", "baselines.setfit_distill_steps=5")
+    few = ["data.few_shot=8", "student.init=pretrained", f"student.model={student}"]
+    run, r = _run(tmp_path / "a", tiny_bert, *few, "teacher.contrastive_iterations=2", "baselines.setfit=true",
+                  "baselines.setfit_iterations=2", "baselines.setfit_distill_steps=5")
     assert r.exit_code == 0, r.output
+    # the baselines: SetFit with the teacher's model, and its distillation into the student's model
     rows = json.loads((run / "baselines" / "summary.json").read_text())["rows"]
     test_n = json.loads((run / "evaluate" / "summary.json").read_text())["test_n"]
     assert set(rows) == {"setfit", "setfit_distilled"}
@@ -102,30 +106,20 @@ def test_few_shot_run_with_setfit_baselines_reports_them_beside_our_models(tiny_
     assert rows["setfit"]["model"] == str(tiny_bert) and rows["setfit_distilled"]["model"] == str(student)
     assert json.loads((run / "run.json").read_text())["stages"]["baselines"]["status"] == "complete"
     assert f"SetFit ({tiny_bert.name})" in r.output and f"SetFit distilled ({student.name})" in r.output
-
-
-def test_a_run_without_baselines_records_no_baselines_stage_and_dumps_no_new_keys(tiny_bert, tmp_path):
-    from distill.recipe import dump_recipe, load_recipe
-
-    run, r = _run(tmp_path, tiny_bert)
-    assert r.exit_code == 0, r.output
-    assert "baselines" not in json.loads((run / "run.json").read_text())["stages"]
-    assert not (run / "baselines").exists()
-    dumped = dump_recipe(load_recipe(None, []))
-    assert "baselines" not in dumped and "contrastive_iterations" not in dumped
-
-
-def test_teacher_contrastive_phase_runs_before_the_head_and_is_recorded(tiny_bert, tmp_path):
-    run, r = _run(tmp_path, tiny_bert, "data.few_shot=8", "teacher.contrastive_iterations=2")
-    assert r.exit_code == 0, r.output
+    # the teacher's contrastive phase ran before its head and is recorded
     info = json.loads((run / "teacher" / "metrics.json").read_text())["train"]["contrastive"]
     assert info["iterations"] == 2 and info["wall_s"] > 0
-    # the same run without the phase trains another teacher from the same labels
-    plain, r2 = _run(tmp_path / "plain", tiny_bert, "data.few_shot=8")
+
+    # the same run without either: no baselines stage recorded, another teacher from the same labels
+    plain, r2 = _run(tmp_path / "b", tiny_bert, *few)
     assert r2.exit_code == 0, r2.output
+    assert "baselines" not in json.loads((plain / "run.json").read_text())["stages"]
+    assert not (plain / "baselines").exists()
     assert "contrastive" not in json.loads((plain / "teacher" / "metrics.json").read_text())["train"]
-    a, b = ((p / "teacher" / "model.safetensors").read_bytes() for p in (run, plain))
-    assert a != b
+    assert (run / "data" / "train.jsonl").read_bytes() == (plain / "data" / "train.jsonl").read_bytes()
+    assert (run / "teacher" / "model.safetensors").read_bytes() != (plain / "teacher" / "model.safetensors").read_bytes()
+    dumped = dump_recipe(load_recipe(None, []))
+    assert "baselines" not in dumped and "contrastive_iterations" not in dumped
 
 
 def test_contrastive_phase_is_refused_where_it_cannot_apply():
