@@ -44,13 +44,16 @@ def _args(work: Path, seed: int, **kw: Any) -> Any:
 
 @contextlib.contextmanager
 def _muted() -> Iterator[None]:
-    """setfit's and sentence-transformers' INFO lines and a CPU data loader's pin_memory warning stay
-    out of the CLI's output; warnings and errors still show."""
+    """setfit's and sentence-transformers' INFO lines, datasets' map bars and a CPU data loader's
+    pin_memory warning stay out of the CLI's output; warnings and errors still show."""
+    import datasets
+
     setfit = _setfit()
     st_log = logging.getLogger("sentence_transformers")
-    levels = setfit.logging.get_verbosity(), st_log.level
+    levels = setfit.logging.get_verbosity(), st_log.level, datasets.is_progress_bar_enabled()
     setfit.logging.set_verbosity_warning()
     st_log.setLevel(logging.WARNING)
+    datasets.disable_progress_bars()  # setfit maps its small pair sets with a bar each
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*pin_memory.*")
@@ -58,6 +61,8 @@ def _muted() -> Iterator[None]:
     finally:
         setfit.logging.set_verbosity(levels[0])
         st_log.setLevel(levels[1])
+        if levels[2]:
+            datasets.enable_progress_bars()
 
 
 def _trainer(cls: Any, name: str, **kw: Any) -> Any:
