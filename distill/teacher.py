@@ -15,7 +15,7 @@ import numpy as np
 
 from distill.batch_fit import fitted, train_fitting_memory
 from distill.checkpointing import (EpochStartRng, WallClockCheckpoint, checkpoint_every_s, checkpoint_step,
-                                   prepare_checkpoints, reset_checkpoints, trim_train_log)
+                                   prepare_checkpoints, reset_checkpoints, resume_checkpoint, trim_train_log)
 from distill.data.prepare import read_labels, read_split
 from distill.device import choose_device
 from distill.errors import DistillError
@@ -31,6 +31,7 @@ from distill.training import (class_weights, compute_metrics_fn, evaluate_rows, 
 log = logging.getLogger(__name__)
 
 ADAPTER_INFO = "adapter_base.json"
+CONTRASTIVE_INFO = "contrastive.json"  # beside the checkpoints: the contrastive phase a resumed teacher began with
 
 
 def _apply_lora(model: Any, lora: Any, quantized: bool) -> Any:
@@ -72,6 +73,24 @@ def label_noise(rows: list[dict[str, Any]], logits: np.ndarray, names: list[str]
     return sorted(out, key=lambda r: -r["teacher_prob"])
 
 
+def _contrastive_phase(ctx: Any, train: list[dict[str, Any]], out: Path) -> tuple[str, dict[str, Any]]:
+    """SetFit's first phase (teacher.contrastive_iterations): the body trained on sentence pairs of the
+    labelled rows, saved to out; returns (the model to build the classifier from, what metrics.json
+    records). A teacher resuming from a checkpoint skips it: the checkpoint holds every weight."""
+    from distill.setfit_runs import contrastive_body
+
+    t, ckpt_dir = ctx.recipe.teacher, ctx.checkpoints("teacher")
+    if resume_checkpoint(ckpt_dir, ctx.inputs_digest("teacher")):
+        info_file = ckpt_dir / CONTRASTIVE_INFO
+        log.info("teacher: resuming from a checkpoint, so the contrastive phase it began with is not repeated")
+        return t.model, (json.loads(info_file.read_text()) if info_file.exists() else {"iterations": t.contrastive_iterations})
+    c0 = time.perf_counter()
+    log.info("teacher: contrastive phase, %d pair iterations on %d labelled rows", t.contrastive_iterations, len(train))
+    body = contrastive_body(t.model, [row["text"] for row in train], [row["label"] for row in train],
+                            iterations=t.contrastive_iterations, seed=ctx.recipe.seed, out=out)
+    return str(body), {"iterations": t.contrastive_iterations, "wall_s": round(time.perf_counter() - c0, 1)}
+
+
 def teacher_stage(ctx: Any, out: Path) -> None:
     from transformers import DataCollatorWithPadding, EarlyStoppingCallback, Trainer, set_seed
 
@@ -90,14 +109,8 @@ def teacher_stage(ctx: Any, out: Path) -> None:
     head = head_tokens(tok, max_length, t.truncation)
     body_dir = tempfile.TemporaryDirectory(prefix="teacher-body-")
     base, contrastive = t.model, None
-    if t.train and t.contrastive_iterations:  # SetFit's first phase: the body on sentence pairs of the labels
-        from distill.setfit_runs import contrastive_body
-
-        c0 = time.perf_counter()
-        log.info("teacher: contrastive phase, %d pair iterations on %d labelled rows", t.contrastive_iterations, len(train))
-        base = str(contrastive_body(t.model, [row["text"] for row in train], [row["label"] for row in train],
-                                    iterations=t.contrastive_iterations, seed=r.seed, out=Path(body_dir.name)))
-        contrastive = {"iterations": t.contrastive_iterations, "wall_s": round(time.perf_counter() - c0, 1)}
+    if t.train and t.contrastive_iterations:
+        base, contrastive = _contrastive_phase(ctx, train, Path(body_dir.name))
     # The new classifier head's initial weights come from the global RNG: seed it here, so the
     # result does not depend on what ran earlier in this process (a fresh run vs a --resume).
     set_seed(r.seed)
@@ -119,6 +132,8 @@ def teacher_stage(ctx: Any, out: Path) -> None:
         ckpt_dir = ctx.checkpoints("teacher")
         stage_digest = ctx.inputs_digest("teacher")
         resume_from = prepare_checkpoints(ckpt_dir, stage_digest)
+        if contrastive and not resume_from:  # what a resumed attempt reports of the phase it skips
+            (ckpt_dir / CONTRASTIVE_INFO).write_text(json.dumps(contrastive) + "\n")
         train_log = ctx.train_log
         # The killed attempt's rows past the checkpoint (all earlier teacher rows on a fresh start)
         # go, so the log, and training.png, read as one run.

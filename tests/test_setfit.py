@@ -128,3 +128,43 @@ def test_contrastive_phase_is_refused_where_it_cannot_apply():
 
     with pytest.raises(DistillError, match="contrastive_iterations"):
         load_recipe(None, ["teacher.contrastive_iterations=5", "teacher.lora={r: 4}"])
+
+
+def _cli(models: Path, csv: Path, tiny: Path, *sets: str, fault: str | None = None):
+    import os
+    import subprocess
+    import sys
+
+    args = [str(Path(sys.executable).parent / "distill"), "run", "--models-dir", str(models)]
+    for s in [f"data.source={csv}", f"teacher.model={tiny}", "name=c", *FAST, *sets]:
+        args += ["--set", s]
+    env = {k: v for k, v in os.environ.items() if k not in ("DISTILL_FAULT", "DISTILL_CHECKPOINT_EVERY_S")}
+    if fault:
+        env["DISTILL_FAULT"] = fault
+    return subprocess.run(args + (["--resume"] if (models / "c").exists() else []), capture_output=True, text=True,
+                          env=dict(env, HF_HUB_OFFLINE="1"), timeout=600)
+
+
+def test_a_teacher_killed_after_its_contrastive_phase_resumes_without_repeating_it(tiny_bert, tmp_path):
+    """8 labels per class, batch 8: 2 teacher steps an epoch, a checkpoint per epoch; killed at step 5,
+    the resumed teacher starts from checkpoint-4 (which holds every weight) and ends where an
+    uninterrupted run ends."""
+    import signal
+
+    from safetensors.numpy import load_file
+
+    csv = write_csv(tmp_path, corpus(6))
+    sets = ("data.few_shot=8", "teacher.contrastive_iterations=2", "student.epochs=1")
+    killed = _cli(tmp_path / "k", csv, tiny_bert, *sets, fault="teacher:step=5")
+    assert killed.returncode == -signal.SIGKILL
+    resumed = _cli(tmp_path / "k", csv, tiny_bert, *sets)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    out = resumed.stdout + resumed.stderr
+    assert "contrastive phase it began with is not repeated" in out and "pair iterations on" not in out
+    whole = _cli(tmp_path / "w", csv, tiny_bert, *sets)
+    assert whole.returncode == 0, whole.stdout + whole.stderr
+    a, b = (load_file(str(m / "c" / "teacher" / "model.safetensors")) for m in (tmp_path / "k", tmp_path / "w"))
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    # the resumed teacher reports the phase its first attempt ran (kept beside the checkpoints)
+    info = json.loads((tmp_path / "k" / "c" / "teacher" / "metrics.json").read_text())["train"]["contrastive"]
+    assert info["iterations"] == 2 and info["wall_s"] > 0
