@@ -9,7 +9,7 @@ DEFAULT_PINS := distill/pins/rotten-tomatoes.txt distill/pins/minilm-l6.txt
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo test test-slow clean
+.PHONY: setup demo test test-heavy test-slow clean
 
 setup: $(STAMP)
 
@@ -31,8 +31,13 @@ demo: setup
 	$(BIN)/distill bench models/default
 	$(BIN)/distill summary models/default
 
+# The fast tier (~3 min on 2 cores); test-heavy: the end-to-end exports, benches, kills, torchrun and
+# SetFit tests (~15 min; CI runs both); test-slow: real weights, minutes each.
 test: setup
-	$(BIN)/python -m pytest -m "not slow" -q
+	$(BIN)/python -m pytest -m "not slow and not heavy" -q
+
+test-heavy: setup
+	$(BIN)/python -m pytest -m "heavy and not slow" -q
 
 test-slow: setup
 	$(BIN)/python -m pytest -m slow -q

@@ -29,6 +29,7 @@ DEFAULT_TEXTS = 200  # test texts timed one by one at their own length (evenly s
 FALLBACK_SEQ = 128
 WORKER_TIMEOUT_S = 900  # one measurement; a teacher at 1 thread, batch 8 x 512 stays well under
 INPUT_SEED = 0
+BENCHED_STAGES = ("teacher", "student", "onnx", "onnx-teacher")  # a run's stages whose files the bench times
 
 
 @dataclass
@@ -48,7 +49,7 @@ def run_bench(path: str | os.PathLike, *, targets: Optional[Sequence[str]] = Non
               batch: Optional[Sequence[int]] = None, seq: Optional[Sequence[int]] = None,
               iterations: Optional[int] = None, warmup: Optional[int] = None,
               report_dir: Optional[str | os.PathLike] = None, compare_optimum: Optional[bool] = None,
-              recipe: Any = None, arm64_opt_level: str = "all", texts: Optional[int] = None) -> BenchResult:
+              recipe: Any = None, arm64_opt_level: Optional[str] = "all", texts: Optional[int] = None) -> BenchResult:
     """Benchmark a run directory (every artifact of onnx/export.json plus the PyTorch references) or one
     .onnx / .ort file.
 
@@ -59,7 +60,7 @@ def run_bench(path: str | os.PathLike, *, targets: Optional[Sequence[str]] = Non
     ARM check, the same on both sides (disable, basic, extended, all). Output: RUN/bench/ for a run directory, FILE_DIR/bench-STEM/
     for a single file, or report_dir.
     """
-    path = Path(path)
+    path, arm64_opt_level = Path(path), arm64_opt_level or "all"
     if not path.exists():
         raise DistillError(f"{path} does not exist; pass a run directory (models/NAME) or an .onnx / .ort file.")
     is_run = path.is_dir()
@@ -205,7 +206,8 @@ def _bench_into(out: Path, final: Path, *, path: Path, is_run: bool, artifacts: 
     emulated = [t.name for t in targets if t.emulated]
     results = {
         "schema": report.SCHEMA, "tool": "edge-distill", "version": __version__, "created": now(),
-        "source": {"path": str(path), "kind": "run" if is_run else "file"},
+        "source": {"path": str(path), "kind": "run" if is_run else "file",
+                   **({"measured": measured_stages(path)} if is_run else {})},
         "host": host,
         "config": {"targets": [t.to_dict() for t in targets + arm_targets], "batch": batch, "seq": seq, "iterations": iterations,
                    "warmup": warmup, "input_seed": INPUT_SEED, "vocab_size": vocab, "texts": len(by_text) and texts,
@@ -243,6 +245,15 @@ def _bench_into(out: Path, final: Path, *, path: Path, is_run: bool, artifacts: 
     for w in warnings:
         log.warning(w)
     return {"results": results, "files": files}
+
+
+def measured_stages(run: Path) -> dict[str, Optional[str]]:
+    """The output digests of the run's stages whose models the bench measures, so that a later
+    summary can tell a bench of an earlier export or student from one of the current files."""
+    from distill.rundir import RunDir
+
+    rd = RunDir(run)
+    return {name: rd.output_digest(name) for name in BENCHED_STAGES}
 
 
 def _optimum_default(path: Path, is_run: bool, out: Path, final: Path, preset: str, notes: list[str]) -> list[Artifact]:

@@ -94,15 +94,22 @@ def advise(run_dir: Path, recipe: Any = None) -> list[Advice]:
                                   f"({t_train['validation_curve'][-2]['value']:.4f} -> {t_train['validation_curve'][-1]['value']:.4f}); "
                                   "it may gain from longer training.", _longer_training("teacher", t_train, t_epochs)))
 
-    for who, m, section in (("teacher", teacher, "teacher"), ("student", student, "student")):
+    for who, m, section, epochs in (("teacher", teacher, "teacher", t_epochs), ("student", student, "student", s_epochs)):
         test = m.get("test") or {}
         missing = _never_predicted(test, names)
         skewed_gap = test and test.get("accuracy", 0) - test.get("macro_f1", 0) >= F1_GAP
         if missing or skewed_gap:
             what = (f"never predicts {', '.join(map(repr, missing))}" if missing else
                     f"scores macro-F1 {test['macro_f1']:.3f} beside accuracy {test['accuracy']:.3f}")
-            out.append(Advice("warn", f"The {who} {what}: the small classes are being sacrificed to the large ones.",
-                              f"--set {section}.class_weights=balanced"))
+            train = m.get("train") or {}
+            if train.get("class_weights", m.get("class_weights")):  # (the student's are at the top level)
+                # already weighted: the small classes need more steps, not weights
+                out.append(Advice("warn", f"The {who} {what}, even with balanced class weights: the small classes "
+                                          "have too few rows or steps to be learnt.",
+                                  _longer_training(section, train, epochs)))
+            else:
+                out.append(Advice("warn", f"The {who} {what}: the small classes are being sacrificed to the large ones.",
+                                  f"--set {section}.class_weights=balanced"))
 
     base = (_read(run_dir / "baselines" / "summary.json").get("rows") or {})
     for ours, key, what in (("teacher", "setfit", "SetFit with the same body on the same labels"),

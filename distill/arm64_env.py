@@ -33,6 +33,7 @@ from typing import Iterator, Optional
 
 from distill.assets import cache_dir, safe_extract
 from distill.errors import AssetError
+from distill.rundir import replace_dir
 
 log = logging.getLogger(__name__)
 
@@ -191,13 +192,7 @@ def build(*, force: bool = False) -> Path:
                   "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "build_s": round(time.perf_counter() - t0, 1),
                   "size_bytes": disk_usage(work), "mirror": MIRROR}
         (work / MARKER).write_text(json.dumps(marker, indent=2) + "\n")  # last: the folder is complete
-        if final.exists():
-            old = final.with_name(f".{final.name}.old-{os.getpid()}.tmp-x")
-            os.replace(final, old)
-            os.replace(work, final)
-            _remove_tree(old)
-        else:
-            os.replace(work, final)
+        replace_dir(work, final, remove=_remove_tree)
     finally:
         if work.exists():
             _remove_tree(work)

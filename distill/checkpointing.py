@@ -177,9 +177,35 @@ def prepare_checkpoints(folder: Path, inputs_digest: str) -> Optional[str]:
     return found
 
 
-def reset_checkpoints(folder: Path, inputs_digest: str) -> None:
-    """An empty checkpoint folder, marked with the digest of the stage inputs it is for."""
-    shutil.rmtree(folder, ignore_errors=True)
+def claim_checkpoints(folder: Path, inputs_digest: str) -> None:
+    """Keep folder only if it was written for these stage inputs; else start it afresh."""
+    marker = folder / MARKER
+    if not marker.exists() or marker.read_text().strip() != inputs_digest:
+        reset_checkpoints(folder, inputs_digest)
+
+
+def claim_checkpoints_on_rank_zero(folder: Path, inputs_digest: str) -> None:
+    """claim_checkpoints by rank 0 of a multi-process run while the other ranks wait (a training stage,
+    which every rank runs)."""
+    from distill.distributed import barrier, is_rank_zero
+
+    if is_rank_zero():
+        claim_checkpoints(folder, inputs_digest)
+    barrier()
+
+
+def reset_checkpoints(folder: Path, inputs_digest: str, keep: tuple[str, ...] = ()) -> None:
+    """An empty checkpoint folder (but for the entries named in keep), marked with the digest of the
+    stage inputs it is for."""
+    if keep and folder.is_dir():
+        for entry in folder.iterdir():
+            if entry.name not in keep:
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+    else:
+        shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / MARKER).write_text(inputs_digest)
 

@@ -20,7 +20,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 from distill.distributed import barrier, from_rank_zero, is_rank_zero, shutdown
 from distill.errors import DistillError
-from distill.recipe import Recipe, dump_recipe
+from distill.recipe import Recipe, digest_view, dump_recipe
 from distill.rundir import RunDir, StageResult, digest, hash_tree, replace_dir
 from distill.stage import Context, Stage
 
@@ -41,19 +41,10 @@ class RunSummary:
     not_built: list[str]
 
 
-def section_value(recipe: Recipe, name: str) -> Any:
-    """The value of a recipe section or dotted field ("distill", "data.label_noise") as the stage
-    input digests see it: JSON-able, sections dumped to plain dicts."""
-    value: Any = recipe
-    for part in name.split("."):
-        value = getattr(value, part)
-    return value.model_dump(mode="json") if hasattr(value, "model_dump") else value
-
-
 def _inputs(recipe: Recipe, stage: Stage, run: RunDir) -> dict[str, Any]:
     """What decides whether a stage's earlier output can be reused (docs/architecture.md, "How
     stage reuse works"); its digest is the stage's `inputs_sha256` in run.json."""
-    inputs: dict[str, Any] = {s: section_value(recipe, s) for s in stage.sections}
+    inputs: dict[str, Any] = {s: digest_view(recipe, s) for s in stage.sections}
     inputs["seed"] = recipe.seed
     inputs["upstream"] = {dep: run.output_digest(dep, stage.reads.get(dep)) for dep in stage.after}
     if stage.fingerprint:

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Callable, Literal, Optional
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer,
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
                       model_validator)
 
 from distill import choices
@@ -43,6 +43,7 @@ class Augment(_Section):
         default_factory=lambda: ["swap", "delete", "insert", "mask"],
         description="Token-level operations to draw from; the teacher relabels every augmented text.")
     rate: float = Field(0.1, gt=0, le=0.5, description="Fraction of a text's tokens each operation touches.")
+    max_texts: Optional[int] = Field(100_000, gt=0, description="Augment at most this many source texts (a seeded sample of the training rows and transfer pool when there are more): augmentation widens small sets; copying a large unlabelled pool only multiplies the teacher's labelling time. None = all.")
 
 
 class Data(_Section):
@@ -77,12 +78,6 @@ class Data(_Section):
                              "of their own), or drop it and put every row in data.source to let distill split")
         return self
 
-    @model_serializer(mode="wrap")
-    def _omit_unused_split_files(self, handler: Any) -> Any:
-        # Unset split files stay out of the dump: the data stage's input digest hashes this section,
-        # so run folders made before these keys existed still resume.
-        return _without(handler(self), tuple(k for k in ("train", "validation", "test") if getattr(self, k) is None))
-
 
 class Lora(_Section):
     r: int = Field(8, gt=0, description="LoRA rank.")
@@ -105,19 +100,11 @@ class Training(_Section):
     truncation: Literal["right", "head_tail"] = Field("right", description="How a text longer than max_length is cut: right = its first tokens; head_tail = its first quarter and last three quarters of max_length (long documents: the opening and the ending carry the topic). The export and the bench cut the same way.")
     group_by_length: bool = Field(True, description="Batch texts of similar token length together (the Trainer's length-grouped sampler): less padding, so shorter steps on CPU; batches stay random in order.")
     min_steps: int = Field(250, ge=0, description="At least this many optimizer steps: on a small data set, more epochs than `epochs` are run (early stopping on validation still ends training when it stops improving); 0 = exactly `epochs`.")
-    class_weights: Literal["none", "balanced"] = Field("none", description="Weight the gold-label cross-entropy per class: balanced = rows / (classes x class rows), for skewed classes.")
+    class_weights: Literal["none", "balanced", "auto"] = Field("auto", description="Weight the gold-label cross-entropy per class: balanced = rows / (classes x class rows), for skewed classes; auto = balanced where the largest training class has 3 or more times the rows of the smallest, else none (so none on balanced data). metrics.json records the weights used.")
     early_stopping_patience: int = Field(2, ge=0, description="Evaluations without improvement (validation macro-F1 where classes are skewed, else accuracy) before stopping; 0 = off.")
     eval_steps: Optional[int] = Field(None, gt=0, description="Evaluate every N steps; None = once per epoch.")
     dropout: Optional[float] = Field(None, ge=0, lt=1, description="Override the model's hidden/attention dropout; None = keep.")
-
-    def _added_later(self) -> tuple[str, ...]:
-        # Keys added after runs existed dump only when set away from their default: the teacher and student
-        # stages' input digests hash these sections, so older run folders still resume.
-        return ("truncation",) if self.truncation == "right" else ()
-
-    @model_serializer(mode="wrap")
-    def _omit_added_later(self, handler: Any) -> Any:
-        return _without(handler(self), self._added_later())
+    contrastive_iterations: int = Field(0, ge=0, description="Before the classification head, train the model's body SetFit's way on sentence pairs of the labelled training rows (2 x iterations pairs per row, cosine-similarity loss; for few labels); 0 = off. Teacher: fine-tuned, all weights; student: init pretrained. Needs the optional setfit install.")
 
 
 class Prompt(_Section):
@@ -144,12 +131,8 @@ class Teacher(Training):
     lora: Optional[Lora] = Field(None, description="Train LoRA adapters instead of all weights (works on CPU too).")
     trust_remote_code: bool = Field(False, description="Run model code shipped with the checkpoint. Off unless you trust its source.")
     allow_pickle: bool = Field(False, description="Allow loading .bin (pickle) weights; safetensors only by default.")
-    contrastive_iterations: int = Field(0, ge=0, description="Before the classification head, train the model's body SetFit's way on sentence pairs of the labelled rows (2 x iterations pairs per row, cosine-similarity loss; for few labels); 0 = off. Needs the optional setfit install.")
 
     prompt: Prompt = Field(default_factory=Prompt, description="The few-shot prompt of a prompted teacher.")
-
-    def _added_later(self) -> tuple[str, ...]:
-        return super()._added_later() + (("contrastive_iterations",) if self.contrastive_iterations == 0 else ())
 
     @model_validator(mode="after")
     def _quantization_needs_lora(self) -> "Teacher":
@@ -159,12 +142,6 @@ class Teacher(Training):
         elif self.quantization != "none" and self.lora is None:
             raise ValueError("quantization 8bit/4bit trains LoRA adapters: add a `lora:` section (e.g. `lora: {r: 8}`)")
         return self
-
-    @model_serializer(mode="wrap")
-    def _omit_prompt_keys(self, handler: Any) -> Any:
-        # A fine-tuned teacher's dump stays what it was before prompted teachers existed: the teacher
-        # stage's input digest hashes this section, so existing run folders still resume without retraining.
-        return _without(handler(self), (("kind", "prompt") if self.kind == "fine-tuned" else ()) + self._added_later())
 
 
 class Student(Training):
@@ -211,12 +188,6 @@ class Distill(_Section):
     hard_fraction: float = Field(0.1, gt=0, le=1, description="Fraction of the pool re-augmented and weighted up after a round.")
     relation_layer: int = Field(-1, description="attn_relations: the teacher layer whose relations the student's last layer learns; negative counts from the top (-1 = the last).")
     relation_heads: Optional[int] = Field(None, gt=0, description="attn_relations: relation heads Q, K and V are split into; None = the student's attention heads (both widths must divide by it).")
-
-    @model_serializer(mode="wrap")
-    def _omit_added_later(self, handler: Any) -> Any:
-        # Keys added after runs existed dump only when set (the student stage's input digest hashes this section).
-        return _without(handler(self), tuple(k for k, default in (("relation_layer", -1), ("relation_heads", None))
-                                             if getattr(self, k) == default))
 
     @field_validator("losses")
     @classmethod
@@ -323,13 +294,6 @@ class Recipe(_Section):
     baselines: Baselines = Field(default_factory=Baselines, description="Reference models beside ours (SetFit).")
     lm: CausalLM = Field(default_factory=CausalLM, description="Settings of task: causal-lm.")
 
-    @model_serializer(mode="wrap")
-    def _omit_lm_keys(self, handler: Any) -> Any:
-        # A classification recipe dumps exactly as before task: causal-lm existed (see Teacher).
-        # baselines: added later, dumped only when set.
-        return _without(handler(self), (("task", "lm") if self.task == "classification" else ())
-                        + (("baselines",) if self.baselines == Baselines() else ()))
-
     def cross_problems(self) -> list[tuple[tuple[str, ...], str]]:
         """(key, message) for settings that are valid alone but not together."""
         out = []
@@ -347,6 +311,10 @@ class Recipe(_Section):
             out.append((("teacher", "contrastive_iterations"), "the contrastive phase trains all of a fine-tuned "
                         "teacher's body before its head: it needs teacher.kind: fine-tuned, teacher.train: true and no "
                         "lora; set it to 0 here"))
+        if self.student.contrastive_iterations and self.student.init != "pretrained":
+            out.append((("student", "contrastive_iterations"), "the contrastive phase trains a pretrained sentence "
+                        f"encoder's body before its head; student.init: {self.student.init} builds the student from the "
+                        "teacher: use student.init: pretrained with student.model, or set it to 0 here"))
         if self.baselines.setfit and self.task != "classification":
             out.append((("baselines", "setfit"), "SetFit is a classifier: baselines.setfit needs task: classification"))
         if self.task == "causal-lm":
@@ -430,12 +398,57 @@ def _fields_at(loc: tuple[Any, ...]) -> list[str]:
     return list(getattr(model, "model_fields", {}))
 
 
-def _without(data: Any, keys: tuple[str, ...]) -> Any:
-    """A serializer's output minus keys: sections added later dump only when used, so older recipes'
-    stage digests (which hash these dumps) stay what they were."""
-    if isinstance(data, dict):
-        for k in keys:
-            data.pop(k, None)
+# Keys added after run folders existed, each with the condition under which stage input digests (and a
+# tune study's fingerprint) leave it out: there the key cannot change what a stage makes, and leaving it
+# out keeps the digest an older run recorded, so its stages are reused. recipe.yaml and `recipe show`
+# carry every key. A key added to a section a stage hashes goes here, left out at its default.
+def _at_default(dotted: str) -> Callable[["Recipe"], bool]:
+    def check(r: "Recipe") -> bool:
+        *parent, name = dotted.split(".")
+        section: Any = r
+        for part in parent:
+            section = getattr(section, part)
+        return getattr(section, name) == type(section).model_fields[name].get_default(call_default_factory=True)
+    return check
+
+
+def _classification(r: "Recipe") -> bool:
+    return r.task == "classification"
+
+
+def _fine_tuned(r: "Recipe") -> bool:
+    return r.teacher.kind == "fine-tuned"
+
+
+DIGEST_OMITS: tuple[tuple[str, Callable[["Recipe"], bool]], ...] = (
+    ("task", _classification), ("lm", _classification),  # causal-LM runs came later
+    ("baselines", _at_default("baselines")),
+    ("data.train", _at_default("data.train")), ("data.validation", _at_default("data.validation")),
+    ("data.test", _at_default("data.test")),
+    ("data.augment.max_texts", _at_default("data.augment.max_texts")),
+    ("teacher.kind", _fine_tuned), ("teacher.prompt", _fine_tuned),  # prompted teachers came later
+    *((f"{who}.{key}", _at_default(f"{who}.{key}")) for who in ("teacher", "student")
+      for key in ("truncation", "contrastive_iterations")),
+    ("distill.relation_layer", _at_default("distill.relation_layer")),
+    ("distill.relation_heads", _at_default("distill.relation_heads")),
+)
+
+
+def digest_view(recipe: "Recipe", name: str = "") -> Any:
+    """The recipe, a section of it or a dotted field ("distill", "data.label_noise") as JSON-able data,
+    as stage input digests hash it: without the DIGEST_OMITS keys whose condition holds."""
+    value: Any = recipe
+    for part in filter(None, name.split(".")):
+        value = getattr(value, part)
+    data = value.model_dump(mode="json") if hasattr(value, "model_dump") else value
+    prefix = f"{name}." if name else ""
+    for key, omitted in DIGEST_OMITS:
+        if key.startswith(prefix) and isinstance(data, dict) and omitted(recipe):
+            *parent, last = key[len(prefix):].split(".")
+            node = data
+            for part in parent:
+                node = node.get(part, {})
+            node.pop(last, None)
     return data
 
 
@@ -541,7 +554,7 @@ def validate_dict(data: dict, source: str = "<recipe>", lines: dict | None = Non
 
 
 def dump_recipe(recipe: Recipe) -> str:
-    """The resolved recipe as YAML, every default filled in."""
+    """The resolved recipe as YAML, every key with its value (defaults filled in)."""
     return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
 
 

@@ -21,9 +21,10 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Optional
 
-from distill.distributed import barrier, from_rank_zero, is_rank_zero
+from distill import memory
+from distill.distributed import all_gather, barrier, from_rank_zero, is_rank_zero
 from distill.errors import LockedError, RunDirError
 from distill.faults import maybe_kill
 
@@ -78,14 +79,15 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-def replace_dir(tmp: Path, final: Path) -> None:
+def replace_dir(tmp: Path, final: Path, remove: Optional[Callable[[Path], None]] = None) -> None:
     """Move a completed temporary folder to `final`, replacing what was there; the final name
-    only ever names a complete folder (the old one is renamed aside first, then removed)."""
+    only ever names a complete folder (the old one is renamed aside first, then removed, by
+    `remove` when given: a folder that may hold mounts needs more than rmtree)."""
     if final.exists():
         old = final.with_name(f".{final.name}.old-{os.getpid()}.tmp-x")
         os.replace(final, old)
         os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
+        remove(old) if remove else shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, final)
 
@@ -290,6 +292,7 @@ class RunDir:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         self._update_stage(name, status="running", started=now(), inputs_sha256=in_digest)
+        scope = "stage" if memory.reset_peak() else "process"
         t0 = time.perf_counter()
         try:
             maybe_kill(name, "start")
@@ -300,10 +303,13 @@ class RunDir:
             self._update_stage(name, status="failed", finished=now())
             raise
         wall = time.perf_counter() - t0
+        peaks = [p for p in all_gather(memory.peak_rss_mib()) if p is not None]  # under torchrun: the largest rank's
         if is_rank_zero():
             outputs = hash_tree(tmp)
             replace_dir(tmp, final)
+            peak = max(peaks, default=None)
             self._update_stage(name, status="complete", finished=now(), wall_s=round(wall, 3),
+                               peak_rss_mib=None if peak is None else round(peak), peak_rss_scope=scope,
                                inputs_sha256=in_digest, outputs=outputs, output_sha256=digest(outputs),
                                versions=library_versions())
         else:  # rank 0's copy of the same outputs is the one kept

@@ -1,7 +1,7 @@
 """SetFit (contrastive sentence pairs, then a classification head) on a run's own split, through the
 setfit library itself: the baseline rows of the `baselines` stage (SetFit, and SetFit's own
-distillation into the student's model) and the teacher's optional contrastive phase
-(`teacher.contrastive_iterations`).
+distillation into the student's model) and the optional contrastive phase of the teacher or the
+student (`teacher.contrastive_iterations`, `student.contrastive_iterations`).
 
 setfit is an optional dependency (`pip install edge-distill[setfit]`); nothing here imports it before
 it is needed, and a missing install is a one-paragraph error naming the command.
@@ -10,6 +10,7 @@ it is needed, and a missing install is a one-paragraph error naming the command.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import tempfile
 import time
@@ -22,6 +23,8 @@ from distill.errors import DistillError
 log = logging.getLogger(__name__)
 
 BATCH = 16  # SetFit's default embedding batch
+BODY_DIR = "contrastive-body"  # in a training stage's checkpoint folder: its contrastive phase's encoder
+BODY_INFO = "contrastive.json"  # in BODY_DIR, written last: what the stage's metrics.json records of the phase
 
 
 def _setfit() -> Any:
@@ -65,12 +68,16 @@ def _muted() -> Iterator[None]:
             datasets.enable_progress_bars()
 
 
-def _trainer(cls: Any, name: str, **kw: Any) -> Any:
-    """A setfit trainer whose inner Trainer reports through our progress bar, not printed log dicts."""
+def _trainer(cls: Any, name: str, fault_stage: str | None = None, **kw: Any) -> Any:
+    """A setfit trainer whose inner Trainer reports through our progress bar, not printed log dicts;
+    fault_stage: the stage whose DISTILL_FAULT step kills apply to it (the fault tests)."""
+    from distill.faults import step_callback
     from distill.progress import quiet_trainer
 
     trainer = cls(**kw)
     quiet_trainer(trainer.st_trainer, name)
+    if fault_stage:
+        trainer.st_trainer.add_callback(step_callback(fault_stage))
     return trainer
 
 
@@ -92,9 +99,10 @@ def load_setfit(model_ref: str) -> Any:
 
 
 def train_setfit(model_ref: str, texts: Sequence[str], labels: Sequence[int], *, iterations: int,
-                 seed: int) -> tuple[Any, float]:
+                 seed: int, learning_rate: float = 2e-5) -> tuple[Any, float]:
     """SetFit's two phases on the labelled rows: the body on iterations x 2 pairs per text (cosine
-    similarity loss), then the logistic head on the bodies' embeddings. Returns (model, seconds)."""
+    similarity loss, setfit's default body learning rate unless given), then the logistic head on
+    the bodies' embeddings. Returns (model, seconds)."""
     setfit = _setfit()
     from transformers import set_seed
 
@@ -102,15 +110,16 @@ def train_setfit(model_ref: str, texts: Sequence[str], labels: Sequence[int], *,
     t0 = time.perf_counter()
     with _muted(), tempfile.TemporaryDirectory(prefix="setfit-") as work:
         model = load_setfit(model_ref)
-        _trainer(setfit.Trainer, "SetFit", model=model, args=_args(Path(work), seed, num_iterations=iterations),
+        _trainer(setfit.Trainer, "SetFit", "baselines", model=model, args=_args(Path(work), seed, num_iterations=iterations, body_learning_rate=learning_rate),
                  train_dataset=_dataset(texts, labels)).train()
     return model, time.perf_counter() - t0
 
 
 def distill_setfit(teacher: Any, student_ref: str, texts: Sequence[str], *, max_steps: int,
-                   seed: int) -> tuple[Any, float]:
+                   seed: int, learning_rate: float = 2e-5) -> tuple[Any, float]:
     """SetFit's DistillationTrainer: the student's body learns the teacher body's cosine similarities
-    on pairs of the unlabelled texts, then its head fits the teacher's predictions on them."""
+    on pairs of the unlabelled texts (setfit's default body learning rate unless given), then its
+    head fits the teacher's predictions on them."""
     setfit = _setfit()
     from transformers import set_seed
 
@@ -118,8 +127,8 @@ def distill_setfit(teacher: Any, student_ref: str, texts: Sequence[str], *, max_
     t0 = time.perf_counter()
     with _muted(), tempfile.TemporaryDirectory(prefix="setfit-distill-") as work:
         student = load_setfit(student_ref)
-        _trainer(setfit.DistillationTrainer, "SetFit distillation", teacher_model=teacher, student_model=student,
-                 args=_args(Path(work), seed, max_steps=max_steps), train_dataset=_dataset(texts)).train()
+        _trainer(setfit.DistillationTrainer, "SetFit distillation", "baselines", teacher_model=teacher, student_model=student,
+                 args=_args(Path(work), seed, max_steps=max_steps, body_learning_rate=learning_rate), train_dataset=_dataset(texts)).train()
     return student, time.perf_counter() - t0
 
 
@@ -129,17 +138,17 @@ def predict(model: Any, texts: Sequence[str]) -> list[int]:
 
 
 def contrastive_body(model_ref: str, texts: Sequence[str], labels: Sequence[int], *, iterations: int,
-                     seed: int, out: Path, learning_rate: float = 2e-5) -> Path:
+                     seed: int, out: Path, learning_rate: float = 2e-5, name: str = "teacher") -> Path:
     """SetFit's first phase alone (the body on labelled sentence pairs), saved to `out` as a
     transformers encoder folder the classifier is then built from; returns out. learning_rate:
-    SetFit's default body learning rate."""
+    SetFit's default body learning rate; name: whose phase it is (the progress bar's label)."""
     setfit = _setfit()
     from transformers import set_seed
 
     set_seed(seed)
     with _muted(), tempfile.TemporaryDirectory(prefix="setfit-body-") as work:
         model = load_setfit(model_ref)
-        trainer = _trainer(setfit.Trainer, "teacher contrastive phase", model=model,
+        trainer = _trainer(setfit.Trainer, f"{name} contrastive phase", model=model,
                            args=_args(Path(work), seed, num_iterations=iterations, body_learning_rate=learning_rate),
                            train_dataset=_dataset(texts, labels))
         trainer.train_embeddings(list(texts), [int(v) for v in labels])
@@ -148,3 +157,28 @@ def contrastive_body(model_ref: str, texts: Sequence[str], labels: Sequence[int]
     body[0].auto_model.save_pretrained(out, safe_serialization=True)  # the transformer, without pooling
     body[0].tokenizer.save_pretrained(out)
     return out
+
+
+def kept_contrastive_body(who: str, model_ref: str, rows: Sequence[dict[str, Any]], *, iterations: int, seed: int,
+                          ckpt_dir: Path) -> tuple[Path, dict[str, Any]]:
+    """A training stage's contrastive phase (`who`: teacher or student), kept in ckpt_dir/BODY_DIR so a
+    stage killed after it, or retraining after running out of memory, does not repeat it. Under
+    torchrun rank 0 trains the body and the other ranks read it. Returns (the encoder folder to build
+    the classifier from, what the stage's metrics.json records: iterations, rows, wall_s)."""
+    from distill.distributed import barrier, is_rank_zero
+    from distill.rundir import staged_dir
+
+    body = ckpt_dir / BODY_DIR
+    info_file = body / BODY_INFO
+    if info_file.exists():
+        log.info("%s: the contrastive phase of an earlier attempt is reused", who)
+    elif is_rank_zero():
+        log.info("%s: contrastive phase, %d pair iterations on %d labelled rows", who, iterations, len(rows))
+        t0 = time.perf_counter()
+        with staged_dir(body) as tmp:
+            contrastive_body(model_ref, [row["text"] for row in rows], [row["label"] for row in rows],
+                             iterations=iterations, seed=seed, out=tmp, name=who)
+            info = {"iterations": iterations, "rows": len(rows), "wall_s": round(time.perf_counter() - t0, 1)}
+            (tmp / BODY_INFO).write_text(json.dumps(info) + "\n")
+    barrier()
+    return body, json.loads(info_file.read_text())

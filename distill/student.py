@@ -13,7 +13,7 @@ from typing import Any, Optional
 import numpy as np
 
 from distill.batch_fit import fitted, train_fitting_memory
-from distill.checkpointing import (MARKER, checkpoint_every_s, checkpoint_step, enable_checkpoints, resume_checkpoint,
+from distill.checkpointing import (MARKER, checkpoint_every_s, claim_checkpoints_on_rank_zero, checkpoint_step, enable_checkpoints, resume_checkpoint,
                                  trim_train_log)
 from distill.curriculum import make_sampler
 from distill.data.prepare import read_labels, read_split
@@ -157,7 +157,9 @@ def _relation_setup(r: Any, student: Any, teacher: Any, teacher_tok: Any) -> dic
             "heads": relation_heads(student, teacher, d.relation_heads)}
 
 
-def build_student(r: Any, teacher: Any, teacher_tok: Any, names: list[str]) -> tuple[Any, Any]:
+def build_student(r: Any, teacher: Any, teacher_tok: Any, names: list[str], body: Optional[Path] = None) -> tuple[Any, Any]:
+    """The student before distillation; body: a contrastively trained encoder of student.model to build
+    a pretrained student's classifier from (student.contrastive_iterations)."""
     from distill.student_init import from_config, from_teacher_layers
 
     s = r.student
@@ -165,7 +167,7 @@ def build_student(r: Any, teacher: Any, teacher_tok: Any, names: list[str]) -> t
         return from_teacher_layers(teacher, s.layers), teacher_tok
     if s.init == "config":
         return from_config(teacher, s.config or {}), teacher_tok
-    return load_classifier(s.model, names), load_tokenizer(s.model)
+    return load_classifier(str(body or s.model), names), load_tokenizer(s.model)
 
 
 def _round_rows(pool: list[dict[str, Any]], soft: SoftLabels, weights: np.ndarray, hidden: Optional[np.ndarray]) -> list[dict[str, Any]]:
@@ -193,8 +195,19 @@ def student_stage(ctx: Any, out: Path) -> None:
     val, test = read_split(data_dir, "validation"), read_split(data_dir, "test")
     device = choose_device(r.device)
     teacher, teacher_tok = load_teacher(run / "teacher")
+    # Checkpoints per round (checkpoints/student/round-N), each epoch and every checkpoint_every_s()
+    # seconds, for this stage's inputs only: a killed stage resumes inside its last round.
+    ckpt_root = run / "checkpoints" / "student"
+    stage_digest = ctx.inputs_digest("student")
+    claim_checkpoints_on_rank_zero(ckpt_root, stage_digest)
+    body, contrastive = None, None
+    if s.contrastive_iterations:  # a pretrained student's body on pairs of the labelled rows first
+        from distill.setfit_runs import kept_contrastive_body
+
+        body, contrastive = kept_contrastive_body("student", s.model, read_split(data_dir, "train"),
+                                                  iterations=s.contrastive_iterations, seed=r.seed, ckpt_dir=ckpt_root)
     set_seed(r.seed)  # a new head or projection draws from the global RNG (see teacher_stage)
-    student, tok = build_student(r, teacher, teacher_tok, names)
+    student, tok = build_student(r, teacher, teacher_tok, names, body)
     tmetrics = ctx.metrics("teacher")
     pool = student_pool(data_dir)
     if r.data.label_noise == "drop" and (run / "teacher" / "label_noise.json").exists():
@@ -232,11 +245,6 @@ def student_stage(ctx: Any, out: Path) -> None:
     weights = np.ones(len(pool), dtype=np.float32)
     rounds: list[dict[str, Any]] = []
     t_start = time.perf_counter()
-    # Checkpoints per round (checkpoints/student/round-N), each epoch and every checkpoint_every_s()
-    # seconds, for this stage's inputs only: a killed stage resumes inside its last round.
-    ckpt_root = run / "checkpoints" / "student"
-    stage_digest = ctx.inputs_digest("student")
-    _claim_checkpoints(ckpt_root, stage_digest)
     train_log = run / "logs" / "train.jsonl"
     for rnd in range(1, d.rounds + 1):
         rdir = ckpt_root / f"round-{rnd}"
@@ -318,6 +326,8 @@ def student_stage(ctx: Any, out: Path) -> None:
                "teacher_test": tmetrics["test"], "wall_s": round(time.perf_counter() - t_start, 1)}
     if head:  # absent = cut on the right (the export and the bench read it from here)
         metrics.update(truncation=s.truncation, head_tokens=head)
+    if contrastive:
+        metrics["contrastive"] = contrastive
     if relations is not None:
         metrics["relations"] = {"teacher_layer": relations["layer"], "heads": relations["heads"]}
     metrics["kept_of_teacher"] = final["test"]["accuracy"] / max(tmetrics["test"]["accuracy"], 1e-9)
@@ -405,17 +415,6 @@ FINAL = "final"  # round-N/final: a finished round's weights and its `rounds` en
 WEIGHTS = "model.safetensors"
 ROUND_INFO = "round.json"
 LOG_OFFSET = "train_log.offset"  # byte offset in logs/train.jsonl where the round's first attempt began
-
-
-def _claim_checkpoints(root: Path, stage_digest: str) -> None:
-    """Keep checkpoints/student only if it was written for these stage inputs; else start it afresh."""
-    if is_rank_zero():
-        marker = root / MARKER
-        if not marker.exists() or marker.read_text().strip() != stage_digest:
-            shutil.rmtree(root, ignore_errors=True)
-            root.mkdir(parents=True, exist_ok=True)
-            marker.write_text(stage_digest)
-    barrier()
 
 
 def _finished_round(rdir: Path) -> Optional[dict[str, Any]]:

@@ -93,14 +93,36 @@ def run_summary(run_dir: Path) -> dict[str, Any]:
         if (run_dir / rel).exists():
             paths[label] = str(run_dir / rel)
     return {"run": str(run_dir), "split_seed": ev.get("split_seed"), "test_n": ev.get("test_n"), "rows": rows,
-            "paths": paths, "latency": latency_basis(bench), "stale_export": stale_export(run_dir, ex)}
+            "paths": paths, "latency": latency_basis(bench), "stale_export": stale_export(run_dir, ex),
+            "stale_bench": stale_bench(run_dir, bench),
+            "stages": stage_costs(run_dir)}
+
+
+def stage_costs(run_dir: Path) -> dict[str, dict[str, Any]]:
+    """Each stage this run built (reused or linked ones keep the figures of the run that built them):
+    its wall time and peak RSS from run.json; the peak is None for stages recorded before it was."""
+    stages = (_read(Path(run_dir) / "run.json") or {}).get("stages") or {}
+    return {name: {"wall_s": rec["wall_s"], "peak_rss_mib": rec.get("peak_rss_mib"),
+                   "peak_rss_scope": rec.get("peak_rss_scope")}
+            for name, rec in stages.items() if rec.get("wall_s") is not None}
+
+
+def stale_bench(run_dir: Path, bench: Optional[dict[str, Any]]) -> list[str]:
+    """The stages (student, onnx, ...) rebuilt since the bench timed them: its p50 figures describe
+    their earlier files. Empty when current, or for a bench made before it recorded what it timed."""
+    return rebuilt_since(run_dir, ((bench or {}).get("source") or {}).get("measured") or {})
 
 
 def stale_export(run_dir: Path, export: dict[str, Any]) -> bool:
     """True when onnx/ was exported from a student the run has replaced since (retrained by --resume)."""
+    return bool(rebuilt_since(run_dir, {"student": (export.get("source") or {}).get("model_sha256")}))
+
+
+def rebuilt_since(run_dir: Path, recorded: dict[str, Optional[str]]) -> list[str]:
+    """The stages whose output digest is no longer the one recorded (None = not recorded: never stale)."""
     from distill.rundir import RunDir
 
-    exported = (export.get("source") or {}).get("model_sha256")
-    if not exported or not (run_dir / "run.json").is_file():
-        return False
-    return exported != RunDir(run_dir).output_digest("student")
+    if not any(recorded.values()) or not (run_dir / "run.json").is_file():
+        return []
+    rd = RunDir(run_dir)
+    return [name for name, was in recorded.items() if was and rd.output_digest(name) != was]

@@ -27,16 +27,29 @@ def load(ref: str) -> Callable[..., Any]:
     return getattr(importlib.import_module(module), name)
 
 
+# The command-line flag of a keyword argument, where its name differs (for the refusal below).
+_FLAGS = {"arm64": "--check-arm64", "report_dir": "--report", "targets": "--target"}
+
+
 @dataclass(frozen=True)
 class Entry:
     """An entry point named by module path, imported when called. `keys`: the keyword arguments it
-    takes (the others a caller offers, e.g. CLI flags another task uses, are dropped); None: all."""
+    takes, None: all. A caller offers every option the command has; those left unset (None or False)
+    are dropped, and one set but not taken is refused (DistillError) with `refusal`, the reason and
+    where the setting comes from instead, rather than ignored."""
 
     ref: str
     keys: Optional[tuple[str, ...]] = None
+    refusal: str = ""
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self.keys is not None:
+            unused = [k for k, v in kwargs.items() if k not in self.keys and v is not None and v is not False]
+            if unused:
+                from distill.errors import DistillError
+
+                flags = ", ".join(_FLAGS.get(k, "--" + k.replace("_", "-")) for k in unused)
+                raise DistillError(f"{flags}: not an option here. {self.refusal}")
             kwargs = {k: v for k, v in kwargs.items() if k in self.keys}
         return load(self.ref)(*args, **kwargs)
 
@@ -78,8 +91,8 @@ CLASSIFICATION = Task(
     bench_view="distill.cli.views:print_bench",
 )
 
-# The export and bench of a causal LM take only these options (the CLI's other flags are ignored,
-# as docs/architecture.md lists); the recipe's lm, export and bench sections give the rest.
+# The export and bench of a causal LM take only these options; the recipe's lm, export and bench
+# sections give the rest, and a classification-only flag is refused, not ignored.
 CAUSAL_LM = Task(
     name="causal-lm",
     stages={"data": "distill.data.prepare:data_stage", "teacher": "distill.causal_lm_stages:teacher_stage",
@@ -87,9 +100,15 @@ CAUSAL_LM = Task(
             "student": "distill.causal_lm_stages:student_stage",
             "evaluate": "distill.causal_lm_stages:evaluate_stage"},
     teacher_fingerprint_ref="distill.causal_lm_stages:teacher_fingerprint",
-    export=Entry("export.causal_lm:export_run", keys=("which", "allow_mismatch")),
+    export=Entry("export.causal_lm:export_run", keys=("which", "allow_mismatch"),
+                 refusal="A causal-LM run's export takes only --which and --allow-mismatch; the rest comes from "
+                         "its recipe.yaml (export.quantize, export.per_channel, export.opset, lm.int8_exclude, "
+                         "lm.int8_embeddings, lm.prompts) and goes to RUN/onnx. Drop the flag, or change the "
+                         "recipe and run `distill run RECIPE --resume` first."),
     export_view="distill.cli.views:print_causal_lm_export",
-    bench=Entry("bench.causal_lm:bench_lm", keys=("targets",)),
+    bench=Entry("bench.causal_lm:bench_lm", keys=("targets",),
+                refusal="A causal-LM run's bench takes only --target (time to first token and decode tokens/s "
+                        "per artifact; prompt length and new tokens come from its recipe's lm section). Drop the flag."),
     bench_view="distill.cli.views:print_lm_bench",
 )
 

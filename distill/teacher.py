@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -15,14 +14,16 @@ import numpy as np
 
 from distill.batch_fit import fitted, train_fitting_memory
 from distill.checkpointing import (EpochStartRng, WallClockCheckpoint, checkpoint_every_s, checkpoint_step,
-                                   prepare_checkpoints, reset_checkpoints, resume_checkpoint, trim_train_log)
+                                   claim_checkpoints_on_rank_zero, reset_checkpoints, resume_checkpoint, trim_train_log)
 from distill.data.prepare import read_labels, read_split
 from distill.device import choose_device
+from distill.distributed import barrier, is_rank_zero
 from distill.errors import DistillError
 from distill.faults import step_callback
 from distill.modeling import count_parameters, load_classifier, load_tokenizer, num_layers
 from distill.progress import quiet_trainer
 from distill.rundir import digest
+from distill.setfit_runs import BODY_DIR
 from distill.tokenizing import head_tokens
 from distill.training import (class_weights, compute_metrics_fn, evaluate_rows, jsonl_logger,
                               pick_max_length, planned_steps, selection_metric, tokenized, training_arguments,
@@ -31,7 +32,6 @@ from distill.training import (class_weights, compute_metrics_fn, evaluate_rows, 
 log = logging.getLogger(__name__)
 
 ADAPTER_INFO = "adapter_base.json"
-CONTRASTIVE_INFO = "contrastive.json"  # beside the checkpoints: the contrastive phase a resumed teacher began with
 
 
 def _apply_lora(model: Any, lora: Any, quantized: bool) -> Any:
@@ -73,24 +73,6 @@ def label_noise(rows: list[dict[str, Any]], logits: np.ndarray, names: list[str]
     return sorted(out, key=lambda r: -r["teacher_prob"])
 
 
-def _contrastive_phase(ctx: Any, train: list[dict[str, Any]], out: Path) -> tuple[str, dict[str, Any]]:
-    """SetFit's first phase (teacher.contrastive_iterations): the body trained on sentence pairs of the
-    labelled rows, saved to out; returns (the model to build the classifier from, what metrics.json
-    records). A teacher resuming from a checkpoint skips it: the checkpoint holds every weight."""
-    from distill.setfit_runs import contrastive_body
-
-    t, ckpt_dir = ctx.recipe.teacher, ctx.checkpoints("teacher")
-    if resume_checkpoint(ckpt_dir, ctx.inputs_digest("teacher")):
-        info_file = ckpt_dir / CONTRASTIVE_INFO
-        log.info("teacher: resuming from a checkpoint, so the contrastive phase it began with is not repeated")
-        return t.model, (json.loads(info_file.read_text()) if info_file.exists() else {"iterations": t.contrastive_iterations})
-    c0 = time.perf_counter()
-    log.info("teacher: contrastive phase, %d pair iterations on %d labelled rows", t.contrastive_iterations, len(train))
-    body = contrastive_body(t.model, [row["text"] for row in train], [row["label"] for row in train],
-                            iterations=t.contrastive_iterations, seed=ctx.recipe.seed, out=out)
-    return str(body), {"iterations": t.contrastive_iterations, "wall_s": round(time.perf_counter() - c0, 1)}
-
-
 def teacher_stage(ctx: Any, out: Path) -> None:
     from transformers import DataCollatorWithPadding, EarlyStoppingCallback, Trainer, set_seed
 
@@ -107,16 +89,21 @@ def teacher_stage(ctx: Any, out: Path) -> None:
     tok = load_tokenizer(t.model, t.trust_remote_code)
     max_length = pick_max_length(tok, [row["text"] for row in train], t.max_length)
     head = head_tokens(tok, max_length, t.truncation)
-    body_dir = tempfile.TemporaryDirectory(prefix="teacher-body-")
+    ckpt_dir, stage_digest = ctx.checkpoints("teacher"), ctx.inputs_digest("teacher")
+    if t.train:  # this attempt's folder: kept only if written for the same stage inputs
+        claim_checkpoints_on_rank_zero(ckpt_dir, stage_digest)
     base, contrastive = t.model, None
-    if t.train and t.contrastive_iterations:
-        base, contrastive = _contrastive_phase(ctx, train, Path(body_dir.name))
+    if t.train and t.contrastive_iterations:  # the body on pairs of the labelled rows first (SetFit's phase)
+        from distill.setfit_runs import kept_contrastive_body
+
+        body, contrastive = kept_contrastive_body("teacher", t.model, train, iterations=t.contrastive_iterations,
+                                                  seed=r.seed, ckpt_dir=ckpt_dir)
+        base = str(body)
     # The new classifier head's initial weights come from the global RNG: seed it here, so the
     # result does not depend on what ran earlier in this process (a fresh run vs a --resume).
     set_seed(r.seed)
     model = load_classifier(base, names, trust_remote_code=t.trust_remote_code, allow_pickle=t.allow_pickle,
                             dropout=t.dropout, quantization=t.quantization)
-    body_dir.cleanup()
     if t.quantization != "none" and device.device != "cuda":
         log.warning("teacher.quantization=%s on CPU: bitsandbytes' CPU backend is slow and partial", t.quantization)
     if t.lora:
@@ -129,11 +116,7 @@ def teacher_stage(ctx: Any, out: Path) -> None:
     if contrastive:
         train_info["contrastive"] = contrastive
     if t.train:
-        ckpt_dir = ctx.checkpoints("teacher")
-        stage_digest = ctx.inputs_digest("teacher")
-        resume_from = prepare_checkpoints(ckpt_dir, stage_digest)
-        if contrastive and not resume_from:  # what a resumed attempt reports of the phase it skips
-            (ckpt_dir / CONTRASTIVE_INFO).write_text(json.dumps(contrastive) + "\n")
+        resume_from = resume_checkpoint(ckpt_dir, stage_digest)
         train_log = ctx.train_log
         # The killed attempt's rows past the checkpoint (all earlier teacher rows on a fresh start)
         # go, so the log, and training.png, read as one run.
@@ -163,7 +146,9 @@ def teacher_stage(ctx: Any, out: Path) -> None:
             return quiet_trainer(trainer, "teacher")
 
         def restart() -> None:  # the attempt that ran out of memory leaves no checkpoint or log row behind
-            reset_checkpoints(ckpt_dir, stage_digest)
+            if is_rank_zero():  # the contrastive body stays: it was not trained at this batch
+                reset_checkpoints(ckpt_dir, stage_digest, keep=(BODY_DIR,))
+            barrier()
             trim_train_log(train_log, "teacher", 0)
 
         if resume_from:

@@ -95,7 +95,10 @@ def selection_metric(labels: Sequence[int], num_labels: int) -> str:
 
 
 def class_weights(labels: Sequence[int], num_labels: int, mode: str) -> Optional[list[float]]:
-    """Per-class loss weights: "balanced" = n / (classes x count), as scikit-learn defines it; None for "none"."""
+    """Per-class loss weights: "balanced" = n / (classes x count), as scikit-learn defines it; None for
+    "none"; "auto" = balanced where the classes are skewed (the test selection_metric uses), else none."""
+    if mode == "auto":
+        mode = "balanced" if class_skew(labels, num_labels) >= SKEWED_RATIO else "none"
     if mode == "none":
         return None
     counts = np.maximum(_class_counts(labels, num_labels), 1)

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from distill.errors import DistillError, RecipeError, RunDirError
-from distill.recipe import Recipe, dump_recipe, set_dotted, validate_dict
+from distill.recipe import Recipe, digest_view, dump_recipe, set_dotted, validate_dict
 from distill.rundir import RunDir, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -223,17 +223,15 @@ def apply_params(recipe: Recipe, params: dict[str, Any], source: str = "tune") -
 def baseline_params(recipe: Recipe, dims: list[Dimension]) -> Optional[dict[str, Any]]:
     """The recipe's own values of the searched keys, as Optuna params; None when any lies outside
     the space (then there is no baseline trial) or distill.alpha has no meaning (losses not kl + ce = 1)."""
-    from distill.pipeline import section_value  # the dotted-key read the stage digests use
-
     params: dict[str, Any] = {}
     for d in dims:
         if d.key == "distill.alpha":
-            losses = section_value(recipe, "distill.losses")
+            losses = digest_view(recipe, "distill.losses")  # the dotted-key read the stage digests use
             if set(losses) - {"kl", "ce"} or not math.isclose(sum(losses.values()), 1.0):
                 return None
             value: Any = losses.get("kl", 0.0)
         else:
-            value = section_value(recipe, d.key)
+            value = digest_view(recipe, d.key)
         if d.kind == "choice":
             if value not in d.choices:
                 return None
@@ -357,8 +355,9 @@ def pruning_callback(trial: Any, stage: str) -> Any:
 
 
 def _fingerprint(recipe: Recipe) -> dict[str, Any]:
-    """What must not change between a study and its resumption (trials and timeout may)."""
-    data = recipe.model_dump(mode="json")
+    """What must not change between a study and its resumption (trials and timeout may); keys added
+    since a study began are left out at their defaults, as in stage digests."""
+    data = digest_view(recipe)
     data["tune"] = {k: v for k, v in data["tune"].items() if k not in ("trials", "timeout")}
     data.pop("name", None)
     return data

@@ -9,6 +9,7 @@ down. The pool is synthetic: seeded draws of 8-30 words from the rotten-tomatoes
     python experiments/large_pool.py --rows 1000000            # one process
     python experiments/large_pool.py --rows 1000000 --ranks 2 --base models/pool-1000000-r1
     python experiments/large_pool.py --compare models/pool-1000000-r1 models/pool-1000000-r2
+    python experiments/large_pool.py --rows 1000000 --stages data --models /tmp/m   # the data stage alone
 
 --base links the data and teacher stages of an earlier run in (run_recipe(base=...)), so the 2-rank
 soft labels come from the same teacher as the 1-rank ones and can be compared byte for byte.
@@ -161,6 +162,7 @@ def main() -> None:
     p.add_argument("--models", type=Path, default=ROOT / "models")
     p.add_argument("--base", default="", help="a run whose data and teacher stages are linked in")
     p.add_argument("--compare", nargs=2, type=Path)
+    p.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES), help="the first stages only")
     args = p.parse_args()
     if args.compare:
         return compare(*args.compare)
@@ -168,10 +170,12 @@ def main() -> None:
     name = f"pool-{args.rows}-r{args.ranks}"
     sets = overrides(pool, teacher, name)
     print(f"| pool rows | ranks | stage | peak RSS (largest process) | wall |\n|---|---|---|---|---|")
-    for stage in STAGES:
+    for stage in STAGES[:max(STAGES.index(s) for s in args.stages) + 1]:
         # base gives the upstream stages only: the soft labels are always computed here
         peak, wall = run_stage(args.models, stage, sets, args.ranks, str(args.base) if stage != "soft_labels" else "")
         print(f"| {args.rows:,} | {args.ranks} | {stage} | {peak:,.0f} MiB | {wall:.0f} s |", flush=True)
+    if "soft_labels" not in args.stages:
+        return
     report = json.loads((args.models / name / "soft_labels" / "report.json").read_text())
     print(f"\nsoft labels: {report['texts']:,} texts, {report['texts_per_s']:,.0f} texts/s")
 

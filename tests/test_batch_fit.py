@@ -35,6 +35,7 @@ def _log(run, stage):
             for row in rows if row["stage"] == stage]
 
 
+@pytest.mark.heavy
 def test_teacher_out_of_memory_mid_training_retrains_at_half_the_batch(tmp_path, tiny_bert, csv_path, monkeypatch):
     """Batch 8 fails at step 12 (past a logged step and an epoch's evaluation), batch 4 at step 12 again,
     batch 2 x 4 accumulation fits: the teacher equals one trained at 2 x 4 from the start, its log too."""
@@ -50,6 +51,7 @@ def test_teacher_out_of_memory_mid_training_retrains_at_half_the_batch(tmp_path,
     assert _log(fitted, "teacher") == _log(direct, "teacher")  # no row of the failed attempts left
 
 
+@pytest.mark.heavy
 def test_student_out_of_memory_retrains_the_round_at_half_the_batch(tmp_path, tiny_bert, csv_path, monkeypatch):
     monkeypatch.setenv("DISTILL_FAULT", "student:oom-above=4@5")
     fitted = _run(tmp_path / "a", tiny_bert, csv_path, "student.batch_size=8")

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.heavy  # minutes of exports, benches, kills or SetFit: `make test-heavy`
+
 FAST = dict(iterations=3, warmup=1, batch=[1], seq=[16], texts=0)  # real-text rows: tests/test_deployed.py
 
 
@@ -88,6 +90,8 @@ def test_every_measurement_ran_in_its_own_pinned_process(benched):
 def test_results_json_schema(benched, bench_run):
     res = json.loads((bench_run / "bench" / "results.json").read_text())
     assert res["schema"] == 1 and res["source"]["kind"] == "run"
+    # what it timed, by stage output digest (this hand-made run records none): see test_export's summary test
+    assert res["source"]["measured"] == {"teacher": None, "student": None, "onnx": None, "onnx-teacher": None}
     assert {"cpu_model", "isa", "logical_cores", "versions"} <= res["host"].keys()
     assert "onnxruntime" in res["host"]["versions"]
     assert [a["key"] for a in res["artifacts"]] == ["student-pytorch", "fp32", "int8-dynamic"]

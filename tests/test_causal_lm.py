@@ -18,7 +18,7 @@ from distill.causal_lm import (TopK, lm_ids, lm_losses, perplexity, student_from
                                topk_kl)
 from distill.cli import app
 from distill.errors import RecipeError
-from distill.recipe import dump_recipe, load_recipe
+from distill.recipe import digest_view, dump_recipe, load_recipe
 
 TEXTS = CORPUS[:6] + ["ok", "a gripping and beautifully acted film, one of the best movies of the year"]
 
@@ -154,7 +154,8 @@ def test_topk_cache_round_trip_and_kl_against_a_direct_computation(tmp_path, tin
 
 def test_recipe_task_causal_lm_keys_and_cross_problems():
     default = load_recipe()
-    assert "task" not in dump_recipe(default) and "lm:" not in dump_recipe(default)  # classification dumps as before
+    assert "task: classification" in dump_recipe(default)  # every key in the dump; digests leave task and lm out
+    assert not {"task", "lm"} & set(digest_view(default))
     r = load_recipe(None, ["task=causal-lm", "lm.top_k=7", "teacher.model=x", "data.augment.multiplier=0"])
     assert r.task == "causal-lm" and r.lm.top_k == 7 and len(r.lm.prompts) == 5
     assert "task: causal-lm" in dump_recipe(r) and "top_k: 7" in dump_recipe(r)
@@ -267,6 +268,7 @@ def test_onnx_with_past_greedy_generation_equals_pytorch(exported):
     assert json.loads((out / "export.json").read_text())["artifacts"]["fp32"]["sha256"] == fp32["sha256"]
 
 
+@pytest.mark.heavy
 def test_lm_worker_measures_time_to_first_token_and_decode_rate(exported, tiny_lm):
     from bench.causal_lm import run_lm_worker
     from bench.targets import resolve_targets

@@ -90,6 +90,11 @@ def test_run_writes_resolved_recipe_and_refuses_to_mix_runs(tmp_path, tiny_bert)
     assert invoke(*base, "--force").exit_code == 0
     r = invoke("summary", str(run))
     assert r.exit_code == 0 and "student" in r.output
+    # each stage's wall time and peak memory, from run.json
+    stages = json.loads((run / "run.json").read_text())["stages"]
+    line = " ".join(r.output[r.output.index("stages   data "):].split())  # the console may wrap it
+    assert f"teacher {stages['teacher']['wall_s']:.0f} s, peak {stages['teacher']['peak_rss_mib']:,} MiB · " in line
+    assert all(f"· {name} " in line for name in ("soft_labels", "student", "evaluate")), line
     r = invoke("summary", str(tmp_path))  # a folder of runs, not a run: names it and the fix
     assert r.exit_code == 2 and "Traceback" not in r.output
     flat = " ".join(r.output.split())  # the console wraps long lines

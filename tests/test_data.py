@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pandas as pd
 import pytest
@@ -164,7 +165,7 @@ def bad(tmp_path, name, content: bytes):
     ("empty", "empty"),
     ("header_only", "no rows"),
     ("single_class", "single class"),
-    ("not_utf8", "line 3 is not valid utf-8"),
+    ("not_utf8", "line 3 is not valid utf-8 (byte 0xe9"),  # the recipe's name, not utf-8-sig
     ("unseen_label", "never in train"),
     ("bad_split_value", "train, validation or test"),
 ])
@@ -193,7 +194,7 @@ def test_bad_data_gets_a_clear_error(tmp_path, case, expect):
         rows = [dict(r, split="train") for r in corpus(2)]
         rows[3]["split"] = "holdout"
         p = write_csv(tmp_path, rows)
-    with pytest.raises(DataError, match=expect):
+    with pytest.raises(DataError, match=re.escape(expect)):
         prepare(recipe_for(p).data, 0)
     r = CliRunner().invoke(app, ["data", "inspect", str(p)])
     assert r.exit_code == 2 and "Traceback" not in r.output
@@ -248,3 +249,17 @@ def test_rotten_tomatoes_default_split_figures():
     n = sum(len(v) for v in prep.splits.values())
     assert n == r["rows_kept"] and 12_700 <= n <= 12_808
     assert 0.18 <= len(prep.splits["test"]) / n <= 0.22
+
+
+def test_augmentation_of_a_large_pool_is_capped_to_a_seeded_sample(tmp_path):
+    p = write_csv(tmp_path, corpus(10))
+    sets = ["data.augment.multiplier=2"]
+    whole = prepare(recipe_for(p, *sets).data, 0)
+    n_sources = len(whole.splits["train"]) + len(whole.transfer)
+    same = prepare(recipe_for(p, *sets, f"data.augment.max_texts={n_sources}").data, 0)
+    assert same.augmented == whole.augmented and "augment_sampled" not in same.report
+    capped = prepare(recipe_for(p, *sets, "data.augment.max_texts=40").data, 0)
+    sources = {(split, i) for _, split, i in capped.augmented}
+    assert len(sources) <= 40 and len(capped.augmented) > 40
+    assert capped.report["augment_sampled"] == {"sources": 40, "of": n_sources}
+    assert prepare(recipe_for(p, *sets, "data.augment.max_texts=40").data, 0).augmented == capped.augmented

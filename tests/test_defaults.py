@@ -36,6 +36,10 @@ def test_skewed_classes_select_by_macro_f1_and_weigh_classes_as_sklearn_does():
     assert class_weights(skewed, 3, "none") is None
     np.testing.assert_allclose(class_weights(skewed, 3, "balanced"),
                                compute_class_weight("balanced", classes=np.arange(3), y=np.array(skewed)))
+    # auto: balanced exactly where the selection metric turns to macro-F1 (largest / smallest >= 3)
+    assert class_weights(skewed, 3, "auto") == class_weights(skewed, 3, "balanced")
+    assert class_weights(balanced, 3, "auto") is None and class_weights([0] * 29 + [1] * 10, 2, "auto") is None
+    assert class_weights([0] * 30 + [1] * 10, 2, "auto") == pytest.approx([40 / 60, 40 / 20])
 
 
 def test_weighted_cross_entropy_is_torch_cross_entropy_with_weights():
@@ -60,7 +64,7 @@ def skewed_csv(tmp_path_factory):
 def test_teacher_trains_to_the_step_floor_and_selects_by_macro_f1(tmp_path, tiny_bert, skewed_csv):
     args = ["run", "--models-dir", str(tmp_path), "--set", "name=s"]
     sets = [f"data.source={skewed_csv}", f"teacher.model={tiny_bert}", *FAST, "teacher.epochs=1",
-            "teacher.min_steps=25", "teacher.early_stopping_patience=0", "teacher.class_weights=balanced"]
+            "teacher.min_steps=25", "teacher.early_stopping_patience=0"]  # class weights at their default, auto
     for s in sets:
         args += ["--set", s]
     r = CliRunner().invoke(app, args)
@@ -72,6 +76,9 @@ def test_teacher_trains_to_the_step_floor_and_selects_by_macro_f1(tmp_path, tiny
     assert train["steps"] == 25 and train["epochs_run"] > 1
     assert train["selection_metric"] == "macro_f1"
     assert len(train["class_weights"]) == 2 and train["class_weights"][0] > train["class_weights"][1]  # neg is rare
+    # auto = balanced on these skewed rows, for the student's gold-label term too
+    student = json.loads((tmp_path / "s" / "student" / "metrics.json").read_text())
+    assert student["class_weights"] == pytest.approx(train["class_weights"])
     assert [c["step"] for c in train["validation_curve"]][-1] == 25
     assert 0 <= m["truncated_share"] <= 1
 
@@ -126,6 +133,15 @@ def test_advice_on_skewed_classes_and_a_floored_length(tmp_path):
     assert not any("student" in t and "class_weights" in (by_text[t] or "") for t in by_text)  # the student is fine
     assert any("teacher (88.7%) is under the TF-IDF floor (95.6%)" in t for t in by_text)
     assert not any("beats the student" in t or "within a point" in t for t in by_text)  # the student is 1.7 above
+
+    # the same teacher trained with balanced weights already (class_weights auto on skewed rows): more steps, not weights
+    teacher = json.loads((tmp_path / "teacher" / "metrics.json").read_text())
+    teacher["train"]["class_weights"] = [0.4, 3.6, 6.2]
+    (tmp_path / "teacher" / "metrics.json").write_text(json.dumps(teacher))
+    by_text = {a.text: a.try_ for a in advise(tmp_path)}
+    never = [t for t in by_text if "never predicts 'c'" in t]
+    assert never and "even with balanced class weights" in never[0] and by_text[never[0]] == "--set teacher.min_steps=500"
+    assert not any("class_weights" in (v or "") for v in by_text.values())
 
 
 def test_no_advice_for_a_run_where_the_defaults_fit(tmp_path):

@@ -12,6 +12,8 @@ import pytest
 from export.api import export_onnx
 from tiny import make_run, make_tiny_bert
 
+pytestmark = pytest.mark.heavy  # minutes of exports, benches, kills or SetFit: `make test-heavy`
+
 LENGTH = 12  # shorter than several test texts, so truncation matters
 
 

@@ -9,7 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from tiny import FAST, corpus, write_csv
+
+pytestmark = pytest.mark.heavy  # minutes of exports, benches, kills or SetFit: `make test-heavy`
 
 
 def _free_port() -> int:

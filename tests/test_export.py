@@ -237,6 +237,34 @@ def test_summary_flags_an_export_of_a_student_the_run_has_replaced(tiny_bert, tm
     assert f"distill export onnx {run}" in r.output.replace("\n", "")
 
 
+def test_summary_flags_a_bench_of_files_the_run_has_rebuilt_since(tiny_bert, tmp_path):
+    from typer.testing import CliRunner
+
+    from bench.api import measured_stages
+    from distill.cli import app
+    from distill.summary import run_summary
+
+    run = make_run(tmp_path, tiny_bert)
+    ledger = {"schema": 1, "stages": {"student": {"status": "complete", "output_sha256": "a" * 64},
+                                      "onnx": {"status": "complete", "output_sha256": "c" * 64}}}
+    (run / "run.json").write_text(json.dumps(ledger))
+    measured = measured_stages(run)  # what the bench records in results.json's source
+    assert measured == {"teacher": None, "student": "a" * 64, "onnx": "c" * 64, "onnx-teacher": None}
+    (run / "bench").mkdir()
+    (run / "bench" / "results.json").write_text(json.dumps({"source": {"kind": "run", "measured": measured}, "rows": []}))
+    assert run_summary(run)["stale_bench"] == []
+    ledger["stages"]["onnx"]["output_sha256"] = "d" * 64  # exported again after the bench
+    ledger["stages"]["teacher"] = {"status": "complete", "output_sha256": "e" * 64}  # absent when benched: not stale
+    (run / "run.json").write_text(json.dumps(ledger))
+    assert run_summary(run)["stale_bench"] == ["onnx"]
+    (run / "evaluate").mkdir()
+    (run / "evaluate" / "summary.json").write_text(json.dumps(
+        {"rows": {"student": {"accuracy": 0.5, "macro_f1": 0.5, "parameters": 1, "size_mb": 1}}, "test_n": 8}))
+    r = CliRunner().invoke(app, ["summary", str(run)])
+    flat = " ".join(r.output.split())
+    assert r.exit_code == 0 and "bench/ timed earlier files of onnx" in flat and f"distill bench {run}" in flat, r.output
+
+
 def test_existing_output_is_refused_unless_force(tiny_bert, tmp_path):
     out = tmp_path / "out"
     export_onnx(tiny_bert, output=out, **FAST)
@@ -339,6 +367,7 @@ def test_run_without_student_yet(tiny_bert, tmp_path):
         export_onnx(run)
 
 
+@pytest.mark.heavy
 def test_killed_export_leaves_nothing_that_looks_complete(tiny_bert, tmp_path):
     run = make_run(tmp_path, tiny_bert)
     env = {**os.environ, "DISTILL_FAULT": "export:quantized", "PYTHONPATH": str(REPO)}
@@ -353,6 +382,7 @@ def test_killed_export_leaves_nothing_that_looks_complete(tiny_bert, tmp_path):
     assert not list(run.glob(".onnx.tmp-*")) and not (run / ".lock").exists()
 
 
+@pytest.mark.heavy
 @pytest.mark.real
 def test_real_minilm_sizes_and_fp32_parity(tmp_path):
     """minilm-l6 with a fresh 2-label head (no fine-tuned student here): the int8 size and fp32 targets.

@@ -19,6 +19,8 @@ from tiny import FAST, corpus, write_csv
 
 from distill.checkpointing import ENV_EVERY_S
 
+pytestmark = pytest.mark.heavy  # minutes of exports, benches, kills or SetFit: `make test-heavy`
+
 
 def distill(models: Path, csv: Path, tiny: Path, *extra: str, fault: str | None = None,
             checkpoint_every_s: float | None = None) -> subprocess.CompletedProcess:

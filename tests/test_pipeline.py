@@ -149,6 +149,7 @@ def test_self_paced_curriculum_runs(tmp_path, tiny_bert, csv_path, monkeypatch):
     assert sampler.pool_sizes[0] < n == sampler.pool_sizes[-1]
 
 
+@pytest.mark.heavy
 def test_same_recipe_and_seed_give_identical_student_metrics(tmp_path, tiny_bert, csv_path):
     a = run(tmp_path / "a", tiny_bert, csv_path)
     b = run(tmp_path / "b", tiny_bert, csv_path)

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from distill.cli import app
 from distill.errors import DistillError, RecipeError
 from distill.prompted import PromptedTeacher, build_spec, log_softmax
-from distill.recipe import dump_recipe, load_recipe
+from distill.recipe import digest_view, dump_recipe, load_recipe
 
 NAMES = ["neg", "pos"]
 VERBALIZERS = ["verbalizers={neg: terrible, pos: good}"]
@@ -149,13 +149,14 @@ def test_recipe_refuses_what_a_prompted_teacher_cannot_do():
     assert ok.teacher.quantization == "4bit" and "kind: prompted" in dump_recipe(ok)
 
 
-def test_fine_tuned_teacher_section_dumps_as_before():
+def test_fine_tuned_teacher_section_hashes_as_before():
     # The teacher stage hashes this section: a fine-tuned teacher's must not gain keys, or every
     # existing run folder would retrain its teacher on --resume.
-    d = load_recipe().model_dump(mode="json")["teacher"]
+    d = digest_view(load_recipe(), "teacher")
     assert "kind" not in d and "prompt" not in d and d["model"] == "packaged:minilm-l6"
 
 
+@pytest.mark.heavy
 def test_distill_run_with_a_prompted_teacher(tmp_path, tiny_llama, tiny_bert):
     from distill.soft_labels import SoftLabels, student_pool
     from distill.teacher import load_teacher

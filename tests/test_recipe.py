@@ -88,6 +88,9 @@ def test_resolved_recipe_round_trips(tmp_path):
     p = write(tmp_path, dump_recipe(r), "resolved.yaml")
     again = load_recipe(p)
     assert again == r and again.seed == 7
+    for name, path in shipped_recipes().items():  # every key dumped (task, lm, teacher.prompt...) loads back
+        r = load_recipe(path)
+        assert load_recipe(write(tmp_path, dump_recipe(r), f"{name}.yaml")) == r, name
 
 
 def test_schema_reference_covers_every_key():
@@ -110,3 +113,34 @@ def test_committed_recipe_reference_matches_the_schema():
 def test_shipped_recipe_names_resolve_without_a_path():
     assert load_recipe("few-shot").data.few_shot == 32
     assert load_recipe("mpnet-to-minilm").teacher.model == "packaged:mpnet-base"
+
+
+def _has(data: dict, dotted: str) -> bool:
+    *parent, last = dotted.split(".")
+    for part in parent:
+        data = data.get(part, {})
+    return last in data
+
+
+def test_recipe_yaml_has_every_key_and_digests_leave_out_later_keys_at_their_defaults():
+    """`recipe show` and a run's recipe.yaml carry every key; stage digests (and tune's study fingerprint)
+    see a key added after runs existed only where it can change what a stage makes, so older runs resume."""
+    import yaml
+
+    from distill.recipe import DIGEST_OMITS, digest_view
+
+    r = load_recipe()
+    dumped, view = yaml.safe_load(dump_recipe(r)), digest_view(r)
+    for key, _ in DIGEST_OMITS:
+        assert _has(dumped, key) and not _has(view, key), key
+    assert {"data", "teacher", "student", "distill", "seed"} <= set(view)
+    changed = load_recipe(None, ["data.augment.max_texts=5", "teacher.truncation=head_tail", "distill.relation_layer=-2",
+                                 "baselines.setfit=true", "data.augment.max_texts=7"])
+    view = digest_view(changed)
+    assert view["data"]["augment"]["max_texts"] == 7 and view["teacher"]["truncation"] == "head_tail"
+    assert view["distill"]["relation_layer"] == -2 and view["baselines"]["setfit"] is True
+    assert "truncation" not in view["student"] and not _has(view, "teacher.kind")
+    # a section or a dotted field alone, as a stage hashes it: the same keys left out
+    assert digest_view(changed, "data.augment") == view["data"]["augment"]
+    assert digest_view(r, "data.augment") == {k: v for k, v in dumped["data"]["augment"].items() if k != "max_texts"}
+    assert digest_view(changed, "data.augment.max_texts") == 7 and digest_view(r, "seed") == 0

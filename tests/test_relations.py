@@ -161,10 +161,10 @@ def test_cli_run_with_attn_relations_records_them(tmp_path, tiny_bert):
     assert any(row.get("stage") == "student" for row in log)
 
 
-def test_default_recipe_dump_has_no_relation_keys():
-    """Older runs resume: the distill section dumps relation_layer/relation_heads only when set."""
-    from distill.recipe import load_recipe
+def test_relation_keys_enter_the_student_digest_only_when_set():
+    """Older runs resume: the student stage hashes relation_layer/relation_heads only when set."""
+    from distill.recipe import digest_view, load_recipe
 
-    assert "relation_layer" not in load_recipe(None, []).distill.model_dump(mode="json")
-    set_ = load_recipe(None, ["distill.relation_layer=-2", "distill.relation_heads=4"]).distill.model_dump(mode="json")
+    assert "relation_layer" not in digest_view(load_recipe(None, []), "distill")
+    set_ = digest_view(load_recipe(None, ["distill.relation_layer=-2", "distill.relation_heads=4"]), "distill")
     assert set_["relation_layer"] == -2 and set_["relation_heads"] == 4

@@ -137,3 +137,21 @@ def test_a_run_that_completed_no_stage_does_not_block_the_rerun(tmp_path):
     again._update_stage("teacher", status="running")
     with pytest.raises(RunDirError, match="--resume"):
         RunDir.prepare(tmp_path / "run")
+
+
+def test_each_stage_records_its_own_peak_memory(tmp_path):
+    import sys
+
+    rd = RunDir.prepare(tmp_path / "run")
+
+    def big(out):
+        buf = bytearray(300 * 1024 * 1024)  # 300 MiB, zero-filled so resident; freed when the stage ends
+        (out / "a.txt").write_text(str(len(buf)))
+
+    rd.run_stage("teacher", {}, big, resume=False)
+    rd.run_stage("student", {}, _write, resume=False)
+    rec = json.loads((rd.path / "run.json").read_text())["stages"]
+    assert rec["teacher"]["peak_rss_mib"] >= 300
+    if sys.platform == "linux":  # the mark is reset per stage, so the second stage's peak is its own
+        assert rec["teacher"]["peak_rss_scope"] == rec["student"]["peak_rss_scope"] == "stage"
+        assert rec["student"]["peak_rss_mib"] < rec["teacher"]["peak_rss_mib"] - 200

@@ -34,10 +34,13 @@ def test_every_task_names_every_stage_and_entry_point_and_each_resolves():
     assert CLASSIFICATION.bench.ref == "bench.api:run_bench" and CAUSAL_LM.bench.ref == "bench.causal_lm:bench_lm"
 
 
-def test_the_keywords_an_entry_point_does_not_take_are_dropped():
-    assert Entry("builtins:dict", keys=("which", "allow_mismatch"))(which="student", allow_mismatch=True,
-                                                                     output=None, quantize="static") == \
-        {"which": "student", "allow_mismatch": True}
+def test_an_entry_point_drops_unset_options_and_refuses_set_ones_it_does_not_take():
+    from distill.errors import DistillError
+
+    entry = Entry("builtins:dict", keys=("which", "allow_mismatch"), refusal="Set it in the recipe.")
+    assert entry(which="student", allow_mismatch=True, output=None, force=False) == {"which": "student", "allow_mismatch": True}
+    with pytest.raises(DistillError, match=r"^--quantize, --check-arm64: not an option here\. Set it in the recipe\.$"):
+        entry(which="student", quantize="static", arm64={"qemu_cpu": "max"}, output=None)
     assert Entry("builtins:dict")(a=1, b=2) == {"a": 1, "b": 2}
     # what the causal-LM entry points take, and that they take it
     for entry in (CAUSAL_LM.export, CAUSAL_LM.bench):
@@ -101,6 +104,24 @@ def test_the_classification_export_refuses_a_causal_lm_run_with_its_message(tmp_
     assert str(e.value) == (f"{run} is a task: causal-lm run; export it with `distill export onnx {run}` (or "
                             "export.causal_lm.export_run from Python: ONNX with KV cache, int8, greedy-generation "
                             "check against PyTorch).")
+
+
+@pytest.mark.parametrize("args, flags", [(["export", "onnx", "{run}", "--quantize", "none", "--opset", "17"], "--quantize, --opset"),
+                                         (["export", "onnx", "{run}", "--output", "{run}/x", "--force"], "--output, --force"),
+                                         (["bench", "{run}", "--batch", "4", "--report", "{run}/r"], "--batch, --report")])
+def test_a_causal_lm_run_refuses_the_flags_only_a_classifier_takes(tmp_path, args, flags):
+    """Through the real CLI, before any model is loaded: exit 2, one paragraph naming the flags, no traceback."""
+    from typer.testing import CliRunner
+
+    from distill.cli import app
+
+    run = tmp_path / "lm"
+    run.mkdir()
+    (run / "recipe.yaml").write_text("name: lm\ntask: causal-lm\n")
+    r = CliRunner().invoke(app, [a.format(run=run) for a in args])
+    flat = " ".join(r.output.split())
+    assert r.exit_code == 2 and f"{flags}: not an option here" in flat and "causal-LM run" in flat, r.output
+    assert "Traceback" not in r.output and not (run / "onnx").exists() and not (run / "bench").exists()
 
 
 def test_the_causal_lm_bench_view_prints_its_markdown_table(tmp_path):

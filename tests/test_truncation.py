@@ -14,6 +14,8 @@ from typer.testing import CliRunner
 from distill.tokenizing import cut, encode, head_tokens
 from export import e2e
 
+pytestmark = pytest.mark.heavy  # minutes of exports, benches, kills or SetFit: `make test-heavy`
+
 LENGTH = 12  # room for 10 pieces: head 2, tail 8
 LONG = ["the cast is terrific " * 6 + "but the ending is a dull waste of time",
         "boring slow and far too long " * 4 + "yet one of the best movies of the year"]
@@ -140,10 +142,10 @@ def test_a_run_with_head_tail_records_it_and_resumes(tmp_path, tiny_bert):
     assert r.exit_code == 0 and r.output.count("reused") == 5, r.output
 
 
-def test_the_default_recipe_dump_has_no_truncation_key_so_older_runs_resume():
-    from distill.recipe import dump_recipe, load_recipe
+def test_truncation_enters_the_stage_digests_only_when_set_so_older_runs_resume():
+    from distill.recipe import digest_view, load_recipe
 
-    assert "truncation" not in dump_recipe(load_recipe(None))
+    assert "truncation" not in digest_view(load_recipe(None), "teacher")
     r = load_recipe(None, ["student.truncation=head_tail"])
     assert r.student.truncation == "head_tail" and r.teacher.truncation == "right"
-    assert dump_recipe(r).count("truncation: head_tail") == 1
+    assert digest_view(r, "student")["truncation"] == "head_tail" and "truncation" not in digest_view(r, "teacher")

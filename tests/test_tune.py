@@ -59,6 +59,7 @@ def search(tmp_path_factory, tiny_bert, one_thread):
     return {"tmp": tmp, "csv": csv, "rec": rec, "run": run, "first": first, "second": second, "storage": storage}
 
 
+@pytest.mark.heavy
 def test_three_trials_write_a_valid_best_recipe(search):
     res, tdir = search["second"], search["run"] / "tune"
     assert [t["state"] for t in res.trials] == ["complete", "pruned", "fail", "complete"]

@@ -32,6 +32,6 @@ def bench(
     task = task_of_run(path)
     res = task.bench(path, targets=target or None, batch=batch or None, seq=seq or None, iterations=iterations,
                     warmup=warmup, report_dir=report, compare_optimum=compare_optimum,
-                    arm64_opt_level=arm64_opt_level.value, texts=texts)
+                    arm64_opt_level=None if arm64_opt_level is OptLevel.all else arm64_opt_level.value, texts=texts)
     task.show_bench(out, path, res)
 

@@ -46,8 +46,27 @@ def print_summary(console: Console, run_dir: Path, s: dict) -> None:
         console.print(f"[yellow]![/] onnx/ was exported from an earlier student: the run has retrained it since, so the "
                       f"int8 rows (and the bench's) describe that older model. Rerun `distill export onnx {run_dir}` "
                       f"and `distill bench {run_dir}`.", highlight=False)
+    if s.get("stale_bench"):
+        console.print(f"[yellow]![/] bench/ timed earlier files of {', '.join(s['stale_bench'])}: rebuilt since, so the "
+                      f"p50 column describes the models it replaced. Rerun `distill bench {run_dir}`.", highlight=False)
+    if s.get("stages"):
+        console.print("  stages   " + stage_costs_line(s["stages"]), highlight=False)
     for label, path in s["paths"].items():
         console.print(f"  {label:<8} {path}")
+
+
+def stage_costs_line(stages: dict) -> str:
+    """'data 4 s · teacher 6.1 min, peak 1,210 MiB · ...': wall time, and peak RSS where recorded
+    (marked 'process peak' where the platform could not reset the mark per stage)."""
+    parts = []
+    for name, c in stages.items():
+        wall = c["wall_s"]
+        part = f"{name} {wall:.0f} s" if wall < 90 else f"{name} {wall / 60:.1f} min"
+        if c.get("peak_rss_mib") is not None:
+            kind = "peak" if c.get("peak_rss_scope") == "stage" else "process peak"
+            part += f", {kind} {c['peak_rss_mib']:,} MiB"
+        parts.append(part)
+    return " · ".join(parts)
 
 
 def print_advice(console: Console, run_dir: Path, advice: Iterable[Any]) -> None:

@@ -12,6 +12,7 @@ text are dropped from those splits.
 
 from __future__ import annotations
 
+import hashlib
 import html
 import logging
 import re
@@ -42,6 +43,12 @@ class CleanReport:
     changed: Counter = field(default_factory=Counter)
     conflicts: list[dict[str, Any]] = field(default_factory=list)
     test_kept: Optional[Counter] = None  # a given test split: what cleaning left in place, by reason
+
+    def drop_zero_counts(self) -> None:
+        """Reasons that never happened leave the report."""
+        for counter in (self.dropped, self.changed):
+            for k in [k for k, v in counter.items() if v == 0]:
+                del counter[k]
 
     def as_dict(self) -> dict[str, Any]:
         out = {"dropped": dict(sorted(self.dropped.items())), "changed": dict(sorted(self.changed.items())),
@@ -95,10 +102,7 @@ def clean_frame(frame: pd.DataFrame, *, min_chars: int, max_chars: int, report: 
         log.warning("test: %d given rows dropped because they cannot be scored (%d with no text, %d with no label)",
                     report.test_kept["dropped_empty_text"] + report.test_kept["dropped_missing_label"],
                     report.test_kept["dropped_empty_text"], report.test_kept["dropped_missing_label"])
-    for k in [k for k, v in report.dropped.items() if v == 0]:
-        del report.dropped[k]
-    for k in [k for k, v in report.changed.items() if v == 0]:
-        del report.changed[k]
+    report.drop_zero_counts()
     return df.reset_index(drop=True)
 
 
@@ -194,3 +198,59 @@ def _count_test_duplicates(test: pd.DataFrame, keys: pd.Series, counts: Counter,
         rows = rows[~bad]
     near = rows.duplicated(subset=["_key", "label"] if labelled else ["_key"], keep="first")
     counts["duplicate_normalized"] += int(near.sum())
+
+
+def _digest(text: str) -> int:
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little")
+
+
+class PoolCleaner:
+    """Unlabelled texts cleaned chunk by chunk, exactly as `clean_frame(..., labelled=False)` cleans them
+    all at once, then texts already in the labelled data (`exclude_keys`, normalized keys) dropped.
+
+    De-duplication across chunks keeps an 8-byte hash of each text and of each normalized key, not the
+    texts, so memory grows by tens of bytes per distinct text rather than by the text (a chance
+    collision, about 1 in 10^7 at a billion texts, would drop one text as a duplicate)."""
+
+    def __init__(self, *, min_chars: int, max_chars: int, report: CleanReport, exclude_keys: set[str]):
+        self.min_chars, self.max_chars, self.report, self.exclude = min_chars, max_chars, report, exclude_keys
+        self._texts: set[int] = set()
+        self._keys: set[int] = set()
+        self.rows_read = 0
+
+    def feed(self, texts: list[str]) -> list[str]:
+        """The texts of this chunk that survive, in order."""
+        rep, kept = self.report, []
+        self.rows_read += len(texts)
+        for text in texts:
+            text = clean_text(text, rep)
+            if len(text) < self.min_chars:
+                rep.dropped["too_short"] += 1
+                continue
+            if len(text) > self.max_chars:
+                rep.changed["truncated_too_long"] += 1
+                text = text[:self.max_chars]
+            h = _digest(text)
+            if h in self._texts:
+                rep.dropped["duplicate_exact"] += 1
+                continue
+            self._texts.add(h)
+            key = normalized_key(text)
+            hk = _digest(key)
+            if hk in self._keys:
+                rep.dropped["duplicate_normalized"] += 1
+                continue
+            self._keys.add(hk)
+            if key in self.exclude:
+                rep.dropped["already_in_labelled_data"] += 1
+                continue
+            kept.append(text)
+        return kept
+
+    def finish(self) -> dict[str, Any]:
+        """The pool's report: rows read, kept, and what was dropped or changed, by reason."""
+        rep = self.report
+        rep.drop_zero_counts()
+        rep.dropped["already_in_labelled_data"] += 0  # always reported, as a check that was made
+        kept = self.rows_read - sum(v for k, v in rep.dropped.items())
+        return {"rows_read": self.rows_read, "kept": kept, **rep.as_dict()}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional
@@ -11,13 +12,14 @@ from typing import Any, Iterable, Optional
 import pandas as pd
 
 from distill.data import augment as aug
-from distill.data.clean import CleanReport, clean_frame, normalized_key
-from distill.data.sources import load_source, load_unlabeled
+from distill.data.clean import CleanReport, PoolCleaner, clean_frame, normalized_key
+from distill.data.sources import iter_unlabeled, load_source
 from distill.data.split import check_splits, few_shot, given_splits, label_names, make_splits, subsample
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test")
+POOL_CHUNK_ROWS = 65_536  # data.unlabeled is read, cleaned and de-duplicated this many rows at a time
 
 
 @dataclass
@@ -59,24 +61,34 @@ def prepare(data: Any, seed: int) -> Prepared:
     held_keys = {normalized_key(t) for name in ("validation", "test") for t in parts[name]["text"]}
     extra_report: dict[str, Any] = {}
     if data.unlabeled:
-        extra_rep = CleanReport()
-        raw = load_unlabeled(data.unlabeled, data)
-        extra = clean_frame(pd.DataFrame({"text": raw}), min_chars=data.min_chars, max_chars=data.max_chars,
-                            report=extra_rep, labelled=False)
+        # Read, cleaned and de-duplicated in chunks: the file may hold millions of rows.
         seen = held_keys | {normalized_key(t) for t in parts["train"]["text"]} | {normalized_key(t) for t in transfer["text"]}
-        leak = extra["text"].map(normalized_key).isin(seen)
-        extra_rep.dropped["already_in_labelled_data"] += int(leak.sum())
-        extra = extra[~leak]
-        transfer = pd.concat([transfer, pd.DataFrame({"text": extra["text"], "gold": None})], ignore_index=True)
-        extra_report = {"rows_read": len(raw), "kept": len(extra), **extra_rep.as_dict()}
+        cleaner = PoolCleaner(min_chars=data.min_chars, max_chars=data.max_chars, report=CleanReport(),
+                              exclude_keys=seen)
+        extra: list[str] = []
+        for chunk in iter_unlabeled(data.unlabeled, data, POOL_CHUNK_ROWS):
+            extra.extend(cleaner.feed(chunk))
+        # object dtype: the frame holds the list's own strings (pandas' default string dtype would copy
+        # them into Arrow, and concatenating with the object column would copy them back).
+        transfer = pd.concat([transfer, pd.DataFrame({"text": pd.Series(extra, dtype=object), "gold": None})],
+                             ignore_index=True)
+        del extra
+        extra_report = cleaner.finish()
     if data.transfer_max and len(transfer) > data.transfer_max:
         transfer = transfer.sample(n=data.transfer_max, random_state=seed).sort_index()
     transfer = transfer.reset_index(drop=True)
 
     augmented: list[tuple[str, str, int]] = []
+    augment_sampled: Optional[dict[str, int]] = None
     if data.augment.multiplier:
         pool = [("train", i, t) for i, t in enumerate(parts["train"]["text"])] + \
                [("transfer", i, t) for i, t in enumerate(transfer["text"])]
+        cap = data.augment.max_texts
+        if cap is not None and len(pool) > cap:
+            log.warning("data: augmenting a seeded sample of %d of the %d training and transfer texts "
+                        "(data.augment.max_texts)", cap, len(pool))
+            augment_sampled = {"sources": cap, "of": len(pool)}
+            pool = [pool[i] for i in sorted(random.Random(seed).sample(range(len(pool)), cap))]
         vocab = aug.corpus_vocab(t for _, _, t in pool)
         held_texts = set(parts["validation"]["text"]) | set(parts["test"]["text"])
         made = aug.augment([t for _, _, t in pool], ops=data.augment.ops, rate=data.augment.rate,
@@ -101,6 +113,8 @@ def prepare(data: Any, seed: int) -> Prepared:
         report[f"{name}_carved"] = info
     if loaded.ignored_files is not None:
         report["ignored_files"] = loaded.ignored_files
+    if augment_sampled:
+        report["augment_sampled"] = augment_sampled
     if fs_info:
         report["few_shot"] = fs_info
     if extra_report:

@@ -8,12 +8,13 @@ become `datasets.Dataset`s where training needs them.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import pandas as pd
 
@@ -75,7 +76,8 @@ def detect_format(path: Path, fmt: str) -> str:
     return FORMATS[ext]
 
 
-def _decode_error(path: Path, exc: UnicodeDecodeError, encoding: str) -> DataError:
+def _decode_error(path: Path, exc: UnicodeDecodeError, encoding: str, named: str) -> DataError:
+    """encoding: the codec that failed; named: the recipe's data.encoding, which the message shows."""
     raw = path.read_bytes()
     offset = exc.start
     # pandas reports the offset within its read buffer; find the first undecodable byte ourselves.
@@ -86,31 +88,60 @@ def _decode_error(path: Path, exc: UnicodeDecodeError, encoding: str) -> DataErr
     except LookupError:
         pass
     line = raw[:offset].count(b"\n") + 1
-    return DataError(f"{path}: line {line} is not valid {encoding} (byte 0x{raw[offset]:02x} at offset {offset}). "
+    return DataError(f"{path}: line {line} is not valid {named} (byte 0x{raw[offset]:02x} at offset {offset}). "
                      "If the file uses another encoding, set data.encoding in the recipe (e.g. latin-1 or cp1252); "
                      "otherwise fix or remove that row.")
 
 
-def read_table(path: Path, fmt: str, encoding: str = "utf-8", key: str = "data.source",
-               **kwargs: Any) -> pd.DataFrame:
-    """Read one file into a DataFrame of strings, with a clear error for each way it can fail (`key`: the
-    recipe key that named the file)."""
+def _check_file(path: Path, key: str) -> None:
     if not path.exists():
         raise DataError(f"{path}: no such file. Check {key} in the recipe (a path is relative to the "
                         "directory you run distill from), or use builtin:rotten-tomatoes, builtin:tweets-sentiment, "
                         "builtin:sms-spam.")
     if path.is_file() and path.stat().st_size == 0:
         raise DataError(f"{path}: the file is empty.")
-    fmt = detect_format(path, fmt)
+
+
+def _python_encoding(encoding: str) -> str:
     # utf-8-sig reads a byte-order mark silently; plain utf-8 would glue it to the first column name.
-    enc = "utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding
+    return "utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding
+
+
+@contextlib.contextmanager
+def _reading(path: Path, fmt: str, encoding: str, enc: str) -> Iterator[None]:
+    """Turn what reading `path` can raise into a DataError naming the file and the fix."""
     try:
-        if fmt in ("csv", "tsv"):
-            opts = {"sep": "," if fmt == "csv" else "\t", "dtype": str, "keep_default_na": False,
-                    "na_values": [""], "encoding": enc}
-            opts.update(kwargs)
-            enc = opts["encoding"]
+        yield
+    except UnicodeDecodeError as e:
+        raise _decode_error(path, e, enc, encoding) from None
+    except LookupError:
+        raise DataError(f"data.encoding {encoding!r} is not an encoding Python knows; use e.g. utf-8, latin-1, cp1252.") from None
+    except (pd.errors.ParserError, ValueError, OSError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DataError(f"{path}: cannot be read as {fmt} ({first}). Check data.format and, for CSV/TSV, the "
+                        "quoting of fields that contain the separator.") from None
+
+
+def _csv_options(fmt: str, enc: str, **kwargs: Any) -> dict[str, Any]:
+    opts = {"sep": "," if fmt == "csv" else "\t", "dtype": str, "keep_default_na": False, "na_values": [""],
+            "encoding": enc}
+    opts.update(kwargs)
+    return opts
+
+
+def read_table(path: Path, fmt: str, encoding: str = "utf-8", key: str = "data.source",
+               **kwargs: Any) -> pd.DataFrame:
+    """Read one file into a DataFrame of strings, with a clear error for each way it can fail (`key`: the
+    recipe key that named the file)."""
+    _check_file(path, key)
+    fmt = detect_format(path, fmt)
+    enc = _python_encoding(encoding)
+    if fmt in ("csv", "tsv"):
+        opts = _csv_options(fmt, enc, **kwargs)
+        enc = opts["encoding"]
+        with _reading(path, fmt, encoding, enc):
             return pd.read_csv(path, **opts)
+    with _reading(path, fmt, encoding, enc):
         if fmt == "jsonl":
             return pd.read_json(path, lines=True, dtype=False, encoding=enc)
         if fmt == "parquet":
@@ -118,14 +149,6 @@ def read_table(path: Path, fmt: str, encoding: str = "utf-8", key: str = "data.s
         if fmt == "txt":
             text = path.read_text(encoding=enc)
             return pd.DataFrame({"text": [line for line in text.splitlines() if line.strip()]})
-    except UnicodeDecodeError as e:
-        raise _decode_error(path, e, enc) from None
-    except LookupError:
-        raise DataError(f"data.encoding {encoding!r} is not an encoding Python knows; use e.g. utf-8, latin-1, cp1252.") from None
-    except (pd.errors.ParserError, ValueError, OSError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DataError(f"{path}: cannot be read as {fmt} ({first}). Check data.format and, for CSV/TSV, the "
-                        "quoting of fields that contain the separator.") from None
     raise DataError(f"{path}: unknown format {fmt!r}.")  # pragma: no cover - detect_format guards it
 
 
@@ -245,10 +268,48 @@ def _load_split_files(data: Any) -> Loaded:
                   carve_test="test" not in given)
 
 
-def load_unlabeled(path_str: str, data: Any) -> list[str]:
-    """Extra in-domain text: a .txt file (one text per line) or any table with the text column."""
+def iter_unlabeled(path_str: str, data: Any, chunk_rows: int = 65_536) -> Iterator[list[str]]:
+    """Extra in-domain text (`data.unlabeled`: a .txt file, one text per line, or any table with the text
+    column), read in chunks of about `chunk_rows` texts so that a file of millions of rows is never
+    held whole; the chunks together are the file's string cells in order."""
     path = Path(path_str)
+    _check_file(path, "data.unlabeled")
     fmt = detect_format(path, "auto")
-    frame = read_table(path, fmt, data.encoding, "data.unlabeled")
-    col = "text" if fmt == "txt" else _pick(frame, data.text_column, "text", "text", path, "text_column")
-    return [t for t in frame[col].tolist() if isinstance(t, str)]
+    enc = _python_encoding(data.encoding)
+    with _reading(path, fmt, data.encoding, enc):
+        if fmt == "txt":
+            yield from _txt_chunks(path, enc, chunk_rows)
+            return
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            pf = pq.ParquetFile(path)
+            col = _pick(pd.DataFrame(columns=pf.schema_arrow.names), data.text_column, "text", "text", path,
+                        "text_column")
+            for batch in pf.iter_batches(batch_size=chunk_rows, columns=[col]):
+                yield [t for t in batch.column(0).to_pylist() if isinstance(t, str)]
+            return
+        if fmt in ("csv", "tsv"):
+            reader = pd.read_csv(path, chunksize=chunk_rows, **_csv_options(fmt, enc))
+        else:
+            reader = pd.read_json(path, lines=True, dtype=False, encoding=enc, chunksize=chunk_rows)
+        with reader:
+            col = None
+            for frame in reader:
+                col = col or _pick(frame, data.text_column, "text", "text", path, "text_column")
+                yield [t for t in frame[col].tolist() if isinstance(t, str)]
+
+
+def _txt_chunks(path: Path, enc: str, chunk_rows: int) -> Iterator[list[str]]:
+    # Line by line; str.splitlines on each line splits where splitlines on the whole text would (\v, \f, ...).
+    chunk: list[str] = []
+    with open(path, encoding=enc) as f:
+        for line in f:
+            for piece in line.splitlines():
+                if piece.strip():
+                    chunk.append(piece)
+            if len(chunk) >= chunk_rows:
+                yield chunk
+                chunk = []
+    if chunk:
+        yield chunk
