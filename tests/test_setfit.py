@@ -13,6 +13,8 @@ from typer.testing import CliRunner
 
 from distill.cli import app
 
+pytestmark = pytest.mark.heavy  # minutes of exports, benches, kills or SetFit: `make test-heavy`
+
 pytest.importorskip("setfit")
 
 
@@ -58,14 +60,27 @@ def test_setfit_fits_the_labels_and_its_distilled_student_follows_it(tiny_bert, 
     from distill.setfit_runs import distill_setfit, predict, train_setfit
 
     texts, labels = _texts_labels()
-    teacher, wall = train_setfit(str(tiny_bert), texts, labels, iterations=5, seed=0)
+    # setfit's default body rate (2e-5) barely moves a random tiny body: a head on it alone fits ~71%.
+    # At 1e-3, 5 pair iterations fitted 83-92% (it varies between runs and machines), 20 fitted 100%
+    # in 14 runs of seeds 0-3 at 1 and 2 threads.
+    teacher, wall = train_setfit(str(tiny_bert), texts, labels, iterations=20, seed=0, learning_rate=1e-3)
     assert wall > 0
     pred = predict(teacher, texts)
-    assert set(pred) <= {0, 1} and np.mean(np.array(pred) == np.array(labels)) >= 0.75
-    student_dir = make_tiny_bert(tmp_path / "student", layers=1, hidden=16, seed=1)
-    student, _ = distill_setfit(teacher, str(student_dir), texts, max_steps=10, seed=0)
-    # the student's head is fitted on the teacher's predictions, so it agrees with the teacher far above chance
-    assert np.mean(np.array(predict(student, texts)) == np.array(pred)) >= 0.75
+    assert set(pred) <= {0, 1} and np.mean(np.array(pred) == np.array(labels)) >= 0.9
+    # the student's head is fitted on the teacher's predictions: it agrees with the teacher above chance.
+    # How far above is not stable on random tiny bodies (0.71-0.96 in 36 runs here: teacher seeds 0-2 x
+    # student seeds 1-2 x 20/40/60 steps x 1/2 threads; 0.79 once on CI), so the bar sits below all of
+    # them, with a constant or coin-flip student (0.5) still failing it.
+    student_dir = make_tiny_bert(tmp_path / "student", seed=1)
+    student, _ = distill_setfit(teacher, str(student_dir), texts, max_steps=20, seed=0, learning_rate=1e-3)
+    spred = np.array(predict(student, texts))
+    assert set(spred) == {0, 1} and np.mean(spred == np.array(pred)) >= 0.6
+    # and its body was trained (SetFit's distillation phase), not only a head fitted on the start
+    import torch
+    from transformers import AutoModel
+
+    start = AutoModel.from_pretrained(student_dir).embeddings.word_embeddings.weight
+    assert not torch.equal(student.model_body[0].auto_model.embeddings.word_embeddings.weight.cpu(), start)
 
 
 def test_missing_setfit_is_an_error_naming_the_install(monkeypatch):
@@ -89,7 +104,7 @@ def _run(tmp_path: Path, tiny_bert: Path, *sets: str) -> tuple[Path, object]:
 
 
 def test_few_shot_run_with_contrastive_teacher_and_setfit_baselines_beside_a_plain_run(tiny_bert, tmp_path):
-    from distill.recipe import dump_recipe, load_recipe
+    from distill.recipe import digest_view, dump_recipe, load_recipe
 
     student = make_tiny_bert(tmp_path / "student-model", layers=1, hidden=16, seed=1)
     few = ["data.few_shot=8", "student.init=pretrained", f"student.model={student}"]
@@ -118,8 +133,9 @@ def test_few_shot_run_with_contrastive_teacher_and_setfit_baselines_beside_a_pla
     assert "contrastive" not in json.loads((plain / "teacher" / "metrics.json").read_text())["train"]
     assert (run / "data" / "train.jsonl").read_bytes() == (plain / "data" / "train.jsonl").read_bytes()
     assert (run / "teacher" / "model.safetensors").read_bytes() != (plain / "teacher" / "model.safetensors").read_bytes()
-    dumped = dump_recipe(load_recipe(None, []))
-    assert "baselines" not in dumped and "contrastive_iterations" not in dumped
+    default = load_recipe(None, [])  # the keys are in recipe.yaml, but not in the digests of older runs' stages
+    assert "baselines" in dump_recipe(default) and "baselines" not in digest_view(default)
+    assert "contrastive_iterations" not in digest_view(default, "teacher")
 
 
 def test_contrastive_phase_is_refused_where_it_cannot_apply():
@@ -146,25 +162,93 @@ def _cli(models: Path, csv: Path, tiny: Path, *sets: str, fault: str | None = No
 
 
 def test_a_teacher_killed_after_its_contrastive_phase_resumes_without_repeating_it(tiny_bert, tmp_path):
-    """8 labels per class, batch 8: 2 teacher steps an epoch, a checkpoint per epoch; killed at step 5,
-    the resumed teacher starts from checkpoint-4 (which holds every weight) and ends where an
-    uninterrupted run ends."""
+    """8 labels per class, batch 8: 2 teacher steps an epoch, a checkpoint per epoch; killed at step 1,
+    before any checkpoint, the resumed teacher reuses the phase's body kept beside the checkpoints and
+    ends where an uninterrupted run ends."""
     import signal
 
     from safetensors.numpy import load_file
 
     csv = write_csv(tmp_path, corpus(6))
     sets = ("data.few_shot=8", "teacher.contrastive_iterations=2", "student.epochs=1")
-    killed = _cli(tmp_path / "k", csv, tiny_bert, *sets, fault="teacher:step=5")
+    killed = _cli(tmp_path / "k", csv, tiny_bert, *sets, fault="teacher:step=1")
     assert killed.returncode == -signal.SIGKILL
+    ckpt = tmp_path / "k" / "c" / "checkpoints" / "teacher"
+    assert (ckpt / "contrastive-body" / "contrastive.json").exists() and not list(ckpt.glob("checkpoint-*"))
     resumed = _cli(tmp_path / "k", csv, tiny_bert, *sets)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     out = resumed.stdout + resumed.stderr
-    assert "contrastive phase it began with is not repeated" in out and "pair iterations on" not in out
+    assert "contrastive phase of an earlier attempt is reused" in out and "pair iterations on" not in out
     whole = _cli(tmp_path / "w", csv, tiny_bert, *sets)
     assert whole.returncode == 0, whole.stdout + whole.stderr
     a, b = (load_file(str(m / "c" / "teacher" / "model.safetensors")) for m in (tmp_path / "k", tmp_path / "w"))
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
-    # the resumed teacher reports the phase its first attempt ran (kept beside the checkpoints)
+    # the resumed teacher reports the phase its first attempt ran; the finished stage keeps no checkpoints
     info = json.loads((tmp_path / "k" / "c" / "teacher" / "metrics.json").read_text())["train"]["contrastive"]
-    assert info["iterations"] == 2 and info["wall_s"] > 0
+    assert info["iterations"] == 2 and info["rows"] == 16 and info["wall_s"] > 0
+    assert not ckpt.exists()
+
+
+def test_a_student_contrastive_phase_is_recorded_and_a_killed_student_reuses_it(tiny_bert, tmp_path):
+    """student.contrastive_iterations: the pretrained student's body gets SetFit's phase on the 16 labels
+    before distillation; killed at step 20 of its 2 epochs, the resumed stage reuses the phase's body
+    and ends with exactly the weights of an uninterrupted run."""
+    import signal
+
+    from safetensors.numpy import load_file
+
+    csv = write_csv(tmp_path, corpus(6))
+    student = make_tiny_bert(tmp_path / "student-model", layers=1, hidden=16, seed=1)
+    sets = ("data.few_shot=8", "student.init=pretrained", f"student.model={student}", "student.contrastive_iterations=2")
+    killed = _cli(tmp_path / "k", csv, tiny_bert, *sets, fault="student:step=20")
+    assert killed.returncode == -signal.SIGKILL
+    assert (tmp_path / "k" / "c" / "checkpoints" / "student" / "contrastive-body" / "contrastive.json").exists()
+    resumed = _cli(tmp_path / "k", csv, tiny_bert, *sets)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    out = resumed.stdout + resumed.stderr
+    assert "contrastive phase of an earlier attempt is reused" in out and "pair iterations on" not in out
+    whole = _cli(tmp_path / "w", csv, tiny_bert, *sets)
+    plain = _cli(tmp_path / "p", csv, tiny_bert, *sets[:-1])
+    assert whole.returncode == 0 and plain.returncode == 0, whole.stderr + plain.stderr
+    a, b, c = (load_file(str(m / "c" / "student" / "model.safetensors")) for m in (tmp_path / "k", tmp_path / "w", tmp_path / "p"))
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    assert not all(np.array_equal(b[k], c[k]) for k in b)  # the phase changed what distillation started from
+    info = json.loads((tmp_path / "k" / "c" / "student" / "metrics.json").read_text())["contrastive"]
+    assert info["iterations"] == 2 and info["rows"] == 16 and info["wall_s"] > 0
+    assert "contrastive" not in json.loads((tmp_path / "p" / "c" / "student" / "metrics.json").read_text())
+
+
+def test_a_student_contrastive_phase_needs_a_pretrained_student():
+    from distill.errors import DistillError
+    from distill.recipe import load_recipe
+
+    with pytest.raises(DistillError, match=r"student\.contrastive_iterations.*student\.init: teacher-layers"):
+        load_recipe(None, ["student.contrastive_iterations=5"])
+
+
+def test_a_baselines_stage_killed_in_setfit_distillation_resumes_without_training_setfit_again(tiny_bert, tmp_path):
+    """SetFit's 4 steps (2 iterations x 2 pairs x 16 labels, batch 16), then its distillation: killed at
+    its step 6, the resumed stage loads the kept SetFit model and ends with the uninterrupted run's rows."""
+    import signal
+
+    csv = write_csv(tmp_path, corpus(6))
+    student = make_tiny_bert(tmp_path / "student-model", layers=1, hidden=16, seed=1)
+    sets = ("data.few_shot=8", "student.init=pretrained", f"student.model={student}", "baselines.setfit=true",
+            "baselines.setfit_iterations=2", "baselines.setfit_distill_steps=8")
+    killed = _cli(tmp_path / "k", csv, tiny_bert, *sets, fault="baselines:step=6")
+    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+    kept = tmp_path / "k" / "c" / "checkpoints" / "baselines" / "setfit"
+    assert (kept / "row.json").exists() and (kept / "model_head.pkl").exists()
+    resumed = _cli(tmp_path / "k", csv, tiny_bert, *sets)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "SetFit trained by an earlier attempt" in resumed.stdout + resumed.stderr
+    assert not (tmp_path / "k" / "c" / "checkpoints" / "baselines").exists()
+    whole = _cli(tmp_path / "w", csv, tiny_bert, *sets)
+    assert whole.returncode == 0, whole.stdout + whole.stderr
+
+    def rows(m):
+        out = json.loads((m / "c" / "baselines" / "summary.json").read_text())["rows"]
+        return {k: {f: v for f, v in row.items() if f != "wall_s"} for k, row in out.items()}
+
+    assert rows(tmp_path / "k") == rows(tmp_path / "w")
+    assert set(rows(tmp_path / "w")) == {"setfit", "setfit_distilled"}
