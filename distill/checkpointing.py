@@ -253,5 +253,5 @@ def trim_train_log(path: Path, stage: str, step: int, start: int = 0) -> int:
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         tmp.write_bytes(data[:start] + b"".join(kept))
         os.replace(tmp, path)
-        log.info("%s: dropped %d %s rows past step %d (from the killed attempt)", path, dropped, stage, step)
+        log.info("%s: dropped %d %s rows past step %d (from an earlier attempt at this stage)", path, dropped, stage, step)
     return dropped

@@ -38,9 +38,12 @@ def cpu_bf16_units(cpuinfo: str | None = None) -> list[str]:
 
 
 def choose_device(requested: str, cuda_available: Optional[bool] = None,
-                  bf16_supported: Optional[bool] = None, cpu_units: Optional[list[str]] = None) -> DeviceChoice:
-    """auto: CUDA when present (bf16 where the GPU supports it, else fp16), else CPU fp32.
-    cpu-bf16: the CPU, training under bf16 autocast (the Trainer's bf16 on CPU).
+                  bf16_supported: Optional[bool] = None, cpu_units: Optional[list[str]] = None, *,
+                  cpu_autocast: bool = False) -> DeviceChoice:
+    """auto: CUDA when present (bf16 where the GPU supports it, else fp16), else the CPU in fp32, or,
+    for a caller that trains under the Trainer's autocast (cpu_autocast: the classification teacher
+    and student), in bf16 where the CPU has bf16 matrix units (avx512_bf16, AMX).
+    cpu: the CPU in fp32. cpu-bf16: the CPU under bf16 autocast (the Trainer's bf16 on CPU), units or not.
 
     The probes are parameters so the decision is testable on a machine without a GPU.
     """
@@ -59,6 +62,9 @@ def choose_device(requested: str, cuda_available: Optional[bool] = None,
     if requested == "cuda" and not cuda_available:
         raise DistillError("device: cuda was requested but no CUDA GPU is visible (torch.cuda.is_available() is "
                            "False). Use device: auto or cpu, or install a CUDA build of torch on a GPU machine.")
-    if requested == "cpu" or not cuda_available:
+    if requested == "cpu":
         return DeviceChoice("cpu")
+    if not cuda_available:
+        units = (cpu_bf16_units() if cpu_units is None else cpu_units) if cpu_autocast else []
+        return DeviceChoice("cpu", bf16=bool(units))
     return DeviceChoice("cuda", bf16=bool(bf16_supported), fp16=not bf16_supported)

@@ -152,7 +152,7 @@ class Student(Training):
     config: Optional[dict[str, Any]] = Field(None, description="Config overrides for init=config (e.g. num_hidden_layers, hidden_size).")
     learning_rate: float = Field(1e-4, gt=0, description="Peak AdamW learning rate.")
     epochs: float = Field(2.0, gt=0, description="Passes over the transfer pool.")
-    group_by_length: bool = Field(False, description="Batch texts of similar token length together: 1.5x faster on the default recipe's student, but test 80.9% vs 81.3% (validation 79.7% vs 79.3%) on seed 0, so off until an ablation over seeds decides.")
+    group_by_length: bool = Field(True, description="Batch texts of similar token length together (the Trainer's length-grouped sampler; a curriculum, where set, orders the batches instead): the default recipe's student stage 1.6x faster, test 81.25% vs 81.35% and validation 79.36% vs 79.10% over 3 seeds (bench/results/ablation-speed.md).")
 
     @field_validator("layers")
     @classmethod
@@ -281,7 +281,7 @@ class CausalLM(_Section):
 class Recipe(_Section):
     name: str = Field("default", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="Run name: the run lands in models/NAME.")
     seed: int = Field(0, description="Seed for training, sampling and augmentation.")
-    device: Literal["auto", "cpu", "cpu-bf16", "cuda"] = Field("auto", description="auto = CUDA when present (bf16 where supported, else fp16), else CPU fp32. cpu-bf16 = CPU training under bf16 autocast: faster on CPUs with bf16 matrix units (avx512_bf16, AMX), slower without them; its accuracy against fp32 is not yet measured.")
+    device: Literal["auto", "cpu", "cpu-bf16", "cuda"] = Field("auto", description="auto = CUDA when present (bf16 where supported, else fp16), else the CPU: teacher and student trained under bf16 autocast where it has bf16 matrix units (avx512_bf16, AMX), fp32 without them. cpu = CPU fp32 everywhere. cpu-bf16 = CPU bf16 autocast even without the units (emulated there: slower). On a Zen 4 the default recipe's teacher trained 1.5x and its student 1.4x faster under bf16, test accuracy within 0.1 point over 3 seeds (bench/results/ablation-speed.md). Inference passes (soft labels, evaluation, export) stay fp32.")
     task: Literal["classification", "causal-lm"] = Field(
         "classification", description="classification: a sequence classifier; causal-lm: distil a causal LM into a smaller one token by token (section lm; texts from data, labels unused).")
     data: Data = Field(default_factory=Data)

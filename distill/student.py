@@ -193,7 +193,7 @@ def student_stage(ctx: Any, out: Path) -> None:
     data_dir = run / "data"
     names = read_labels(data_dir)
     val, test = read_split(data_dir, "validation"), read_split(data_dir, "test")
-    device = choose_device(r.device)
+    device = choose_device(r.device, cpu_autocast=True)
     teacher, teacher_tok = load_teacher(run / "teacher")
     # Checkpoints per round (checkpoints/student/round-N), each epoch and every checkpoint_every_s()
     # seconds, for this stage's inputs only: a killed stage resumes inside its last round.

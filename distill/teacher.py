@@ -85,7 +85,7 @@ def teacher_stage(ctx: Any, out: Path) -> None:
     names = read_labels(data_dir)
     train = subsample(read_split(data_dir, "train"), t.max_train_samples, r.seed)
     val, test = read_split(data_dir, "validation"), read_split(data_dir, "test")
-    device = choose_device(r.device)
+    device = choose_device(r.device, cpu_autocast=t.quantization == "none")
     tok = load_tokenizer(t.model, t.trust_remote_code)
     max_length = pick_max_length(tok, [row["text"] for row in train], t.max_length)
     head = head_tokens(tok, max_length, t.truncation)

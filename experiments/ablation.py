@@ -21,18 +21,26 @@ import sys
 from pathlib import Path
 
 NO_AUG = "data.augment.multiplier=0"
+# The settings these variants were measured with, pinned so the rows reproduce after the defaults moved:
+# fp32 training (`device: auto` now trains under bf16 autocast on CPUs with bf16 units) and the student's
+# batches in random order (`student.group_by_length` is now on by default).
+FP32_RANDOM = ["device=cpu", "student.group_by_length=false"]
 # Each variant changes one thing against "kd": kl 0.5 + ce 0.5, T=2, no curriculum, no augmentation
 # (the default recipe as it was when this ablation was measured; augmentation is now on by default).
 VARIANTS: dict[str, list[str]] = {
-    "kd": [NO_AUG],
-    "plain-ft": [NO_AUG, "distill.losses={ce: 1.0}"],
-    "curriculum-margin": [NO_AUG, "distill.curriculum.scorer=margin"],
-    "augment-x1": ["data.augment.multiplier=1"],
-    # the default recipe's student with length-grouped batches (1.5x faster on seed 0): the speed lever of
-    # `make demo`, kept off until this says whether its accuracy holds
-    "augment-x1-grouped": ["data.augment.multiplier=1", "student.group_by_length=true"],
+    "kd": [NO_AUG, *FP32_RANDOM],
+    "plain-ft": [NO_AUG, *FP32_RANDOM, "distill.losses={ce: 1.0}"],
+    "curriculum-margin": [NO_AUG, *FP32_RANDOM, "distill.curriculum.scorer=margin"],
+    "augment-x1": ["data.augment.multiplier=1", *FP32_RANDOM],
+    # the speed levers of `make demo` (bench/results/ablation-speed.md): length-grouped student batches, and
+    # teacher and student trained under bf16 autocast (faster only where the CPU has bf16 units, avx512_bf16
+    # or AMX; teacher, soft labels and student rebuilt); the last is the default recipe on such a CPU now
+    "augment-x1-grouped": ["data.augment.multiplier=1", "device=cpu", "student.group_by_length=true"],
+    "augment-x1-bf16": ["data.augment.multiplier=1", "device=cpu-bf16", "student.group_by_length=false"],
+    "augment-x1-bf16-grouped": ["data.augment.multiplier=1", "device=cpu-bf16", "student.group_by_length=true"],
 }
-COPY_FROM = {"augment-x1-grouped": "augment-x1"}  # a copy of this variant's run (its soft labels); else of kd's
+COPY_FROM = {"augment-x1-grouped": "augment-x1", "augment-x1-bf16": "augment-x1",
+             "augment-x1-bf16-grouped": "augment-x1-bf16"}  # a copy of this variant's run (its soft labels); else of kd's
 
 
 def _distill(recipe: str, models: Path, name: str, sets: list[str]) -> None:
@@ -66,10 +74,13 @@ def run_all(recipe: str, seeds: list[int], variants: list[str], models: Path) ->
                 _distill(recipe, models, run.name, [f"seed={seed}", *VARIANTS[v]])
             t = json.loads((run / "teacher" / "metrics.json").read_text())
             s = json.loads((run / "student" / "metrics.json").read_text())
+            stages = json.loads((run / "run.json").read_text())["stages"]
             results.setdefault(v, {})[seed] = {
                 "teacher_test": t["test"]["accuracy"], "val": s["validation"]["accuracy"],
                 "test": s["test"]["accuracy"], "test_f1": s["test"].get("macro_f1"),
-                "kept": s["kept_of_teacher"]}
+                "kept": s["kept_of_teacher"],
+                # where a variant reuses the teacher, its wall is the base run's
+                "wall_s": {k: stages[k].get("wall_s") for k in ("teacher", "soft_labels", "student")}}
     return results
 
 
@@ -84,8 +95,16 @@ def table(results: dict, seeds: list[int]) -> str:
         sd = statistics.stdev(by_seed[s]["test"] for s in seeds) if len(seeds) > 1 else 0.0
         mk = statistics.mean(by_seed[s]["kept"] for s in seeds)
         lines.append(f"| {v} | " + " | ".join(cells) + f" | {pct(mv)} | {pct(mt)} ± {pct(sd)} | {pct(mk)}% |")
+    walls = ["", "Stage wall times, mean over the seeds in seconds (comparable only when the runs had the machine "
+             "to themselves); teacher test accuracy, mean:", "",
+             "| variant | teacher s | soft labels s | student s | teacher test |", "|---|---|---|---|---|"]
+    for v, by_seed in results.items():
+        w = [statistics.mean(by_seed[s]["wall_s"][k] or 0 for s in seeds) for k in ("teacher", "soft_labels", "student")]
+        tt = statistics.mean(by_seed[s]["teacher_test"] for s in seeds)
+        walls.append(f"| {v} | {w[0]:.0f} | {w[1]:.0f} | {w[2]:.0f} | {pct(tt)} |")
+    lines += walls
     teachers = ", ".join(f"seed {s}: {pct(results['kd'][s]['teacher_test'])}" for s in seeds if s in results.get("kd", {}))
-    return "\n".join(lines) + f"\n\nTeacher test accuracy ({teachers}).\n"
+    return "\n".join(lines) + (f"\n\nTeacher test accuracy of kd ({teachers}).\n" if teachers else "\n")
 
 
 def main() -> None:

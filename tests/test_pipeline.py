@@ -201,7 +201,14 @@ def test_device_choice():
     from distill.device import choose_device
     from distill.errors import DistillError
 
-    assert choose_device("auto", cuda_available=False, bf16_supported=False).precision == "fp32"
+    assert choose_device("auto", cuda_available=False, bf16_supported=False, cpu_units=[]).precision == "fp32"
+    # a CPU with bf16 matrix units trains the classifiers under bf16 autocast by default; `cpu` keeps
+    # fp32 there, and callers that load weights in the chosen dtype (causal LM, prompted) stay fp32
+    bf16_cpu = {"cuda_available": False, "bf16_supported": False, "cpu_units": ["avx512_bf16"]}
+    assert choose_device("auto", **bf16_cpu, cpu_autocast=True).precision == "bf16"
+    assert choose_device("auto", **bf16_cpu).precision == "fp32"
+    assert choose_device("cpu", **bf16_cpu, cpu_autocast=True).precision == "fp32"
+    assert choose_device("auto", cuda_available=False, bf16_supported=False, cpu_units=[], cpu_autocast=True).precision == "fp32"
     assert choose_device("auto", cuda_available=True, bf16_supported=True).precision == "bf16"
     assert choose_device("auto", cuda_available=True, bf16_supported=False).precision == "fp16"
     assert choose_device("cpu", cuda_available=True, bf16_supported=True).device == "cpu"
