@@ -9,8 +9,10 @@ under the run's lock and renamed into place.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
@@ -171,19 +173,22 @@ def _bench_into(out: Path, final: Path, *, path: Path, is_run: bool, artifacts: 
                         rows.append({"artifact": a.key, "target": t.name, "batch": b, "seq": s, "inputs": "synthetic",
                                      "size_bytes": a.size_bytes, **r})
                         advance()
-        for t in targets:
-            for a in by_text:
-                log.info("[%d/%d] %s on %s, %d test texts one by one", len(rows) + 1, total, a.label, t.name, texts)
-                advance.describe(f"bench: {a.label} on {t.name}, test texts")
-                spec = {"task": "latency-texts", "runtime": a.runtime, "path": str(a.path), "data": str(test),
-                        "max_texts": texts, "warmup": min(warmup, texts), "max_length": a.max_length or seq[0],
-                        "head": a.head,
-                        "tokenizer": str(a.tokenizer) if a.tokenizer else None,
-                        "train": str(path / "data" / "train.jsonl"), "seed": INPUT_SEED}
-                r = run_worker(spec, t, timeout=WORKER_TIMEOUT_S)
-                rows.append({"artifact": a.key, "target": t.name, "batch": 1, "seq": None, "inputs": "texts",
-                             "size_bytes": a.size_bytes, **r})
-                advance()
+        with tempfile.TemporaryDirectory(prefix="bench-texts-") as ids_dir:
+            ids_files = _text_ids_files(by_text, test, texts, seq[0], Path(ids_dir))
+            for t in targets:
+                for a in by_text:
+                    log.info("[%d/%d] %s on %s, %d test texts one by one", len(rows) + 1, total, a.label, t.name, texts)
+                    advance.describe(f"bench: {a.label} on {t.name}, test texts")
+                    spec = {"task": "latency-texts", "runtime": a.runtime, "path": str(a.path), "data": str(test),
+                            "max_texts": texts, "warmup": min(warmup, texts), "max_length": a.max_length or seq[0],
+                            "head": a.head,
+                            "tokenizer": str(a.tokenizer) if a.tokenizer else None,
+                            "ids_file": ids_files.get(a.key),
+                            "train": str(path / "data" / "train.jsonl"), "seed": INPUT_SEED}
+                    r = run_worker(spec, t, timeout=WORKER_TIMEOUT_S)
+                    rows.append({"artifact": a.key, "target": t.name, "batch": 1, "seq": None, "inputs": "texts",
+                                 "size_bytes": a.size_bytes, **r})
+                    advance()
         advance.describe("bench: latency rows")
     for label, s in sorted(skipped):
         notes.append(f"{label}: no fixed row at {s} tokens, above its deployed length (its tokenizer truncates there)")
@@ -254,6 +259,28 @@ def measured_stages(run: Path) -> dict[str, Optional[str]]:
 
     rd = RunDir(run)
     return {name: rd.output_digest(name) for name in BENCHED_STAGES}
+
+
+def _text_ids_files(artifacts: Sequence[Artifact], test: Path, texts: int, seq: int, folder: Path) -> dict[str, str]:
+    """The timed test texts tokenized once per (tokenizer, deployed length, head) and written to folder,
+    so the text rows' worker processes read ids instead of loading transformers (and torch) each: what
+    an app tokenizes natively stays out of the timing and out of the measured process. {artifact key: file}."""
+    from bench.worker import bench_texts, text_ids
+
+    chosen = bench_texts(test, texts) if artifacts else []
+    files: dict[tuple, str] = {}
+    by_key: dict[str, str] = {}
+    for a in artifacts:
+        if not a.tokenizer:
+            continue
+        key = (str(a.tokenizer), a.max_length or seq, a.head)
+        if key not in files:
+            f = folder / f"ids-{len(files)}.json"
+            f.write_text(json.dumps({"texts": chosen, "ids": text_ids(str(a.tokenizer), chosen, key[1], a.head)}),
+                         encoding="utf-8")
+            files[key] = str(f)
+        by_key[a.key] = files[key]
+    return by_key
 
 
 def _optimum_default(path: Path, is_run: bool, out: Path, final: Path, preset: str, notes: list[str]) -> list[Artifact]:

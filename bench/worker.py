@@ -183,32 +183,42 @@ def _latency_result(spec: dict, times: list[float], applied: dict, cold: dict, *
     }
 
 
-def text_feeds(spec: dict) -> tuple[list[dict], list[int]]:
-    """One unpadded batch of 1 per text, as an app runs them: token ids cut at the artifact's deployed
-    length (the tokenizer is not timed: an app runs its own), or the text itself for rows that take text."""
-    import numpy as np
+def bench_texts(data: Path, max_texts: int | None) -> list[str]:
+    """Up to max_texts texts of a {"text", ...} JSONL file, evenly spaced over it."""
+    texts = [r["text"] for r in _read_rows(Path(data))]
+    step = max(1, len(texts) // max_texts) if max_texts else 1
+    return texts[::step][: max_texts or None]
+
+
+def text_ids(tokenizer_dir: str, texts: list[str], max_length: int, head: int = 0) -> list[list[int]]:
+    """The token ids of each text as the artifact's app gets them: cut at its deployed length, unpadded."""
+    from transformers import AutoTokenizer
 
     from distill.tokenizing import encode
 
-    texts = [r["text"] for r in _read_rows(Path(spec["data"]))]
-    step = max(1, len(texts) // spec["max_texts"]) if spec.get("max_texts") else 1
-    texts = texts[::step][: spec.get("max_texts") or None]
+    return list(encode(AutoTokenizer.from_pretrained(tokenizer_dir), texts, max_length=max_length, head=head)["input_ids"])
+
+
+def text_feeds(spec: dict) -> tuple[list[dict], list[int]]:
+    """One unpadded batch of 1 per text, as an app runs them: token ids cut at the artifact's deployed
+    length (the tokenizer is not timed: an app runs its own), or the text itself for rows that take text.
+    spec["ids_file"], where given: the texts and their ids, tokenized once by the bench for every row that
+    shares a tokenizer and length, so this process needs neither transformers nor torch."""
+    import numpy as np
+
+    if spec.get("ids_file"):
+        given = json.loads(Path(spec["ids_file"]).read_text(encoding="utf-8"))
+        texts, ids = given["texts"], given["ids"]
+    else:
+        texts = bench_texts(Path(spec["data"]), spec.get("max_texts"))
+        ids = (text_ids(spec["tokenizer"], texts, spec["max_length"], spec.get("head", 0))
+               if spec.get("tokenizer") else None)
     if takes_text(spec):
-        lengths = []
-        if spec.get("tokenizer"):
-            from transformers import AutoTokenizer
-
-            tok = AutoTokenizer.from_pretrained(spec["tokenizer"])
-            lengths = [len(ids) for ids in encode(tok, texts, max_length=spec["max_length"],
-                                                  head=spec.get("head", 0))["input_ids"]]
-        return [{"text": [t]} for t in texts], lengths
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(spec["tokenizer"])
+        return [{"text": [t]} for t in texts], [len(x) for x in ids] if ids else []
     feeds, lengths = [], []
-    for ids in encode(tok, texts, max_length=spec["max_length"], head=spec.get("head", 0))["input_ids"]:
-        n = len(ids)
-        feeds.append({"input_ids": np.asarray([ids], dtype=np.int64), "attention_mask": np.ones((1, n), np.int64),
+    for row in ids:
+        n = len(row)
+        feeds.append({"input_ids": np.asarray([row], dtype=np.int64), "attention_mask": np.ones((1, n), np.int64),
                       "token_type_ids": np.zeros((1, n), np.int64)})
         lengths.append(n)
     return feeds, lengths
@@ -227,7 +237,8 @@ def latency_texts(spec: dict) -> dict:
         t = time.perf_counter()
         run(f)
         times.append((time.perf_counter() - t) * 1e3)
-    # Cold start is the fixed rows' figure: here the Python tokenizer (and with it torch) was loaded first.
+    # Cold start is the fixed rows' figure (a worker run without the bench's ids_file loads the Python
+    # tokenizer before the model).
     result = _latency_result({"batch": 1}, times, applied, {"load_s": cold["load_s"]}, fixed=False)
     result["texts"] = len(feeds)
     if lengths:

@@ -15,6 +15,7 @@ from tiny import make_run, make_tiny_bert
 pytestmark = pytest.mark.heavy  # minutes of exports, benches, kills or SetFit: `make test-heavy`
 
 LENGTH = 12  # shorter than several test texts, so truncation matters
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -101,6 +102,34 @@ def test_bench_rows_use_the_deployed_length_and_real_texts(benched):
     for r in fixed:  # cold start: the fixed rows (the text rows load the Python tokenizer first)
         assert r["load_s"] > 0 and r["first_run_ms"] > 0 and "memory_growth_mb" in r
     assert all("memory_growth_mb" not in r for r in text_rows)
+
+
+def test_text_rows_read_the_ids_the_bench_tokenized_once_without_loading_transformers(exported, run, tmp_path):
+    import subprocess
+    import sys
+
+    from bench.api import _text_ids_files
+    from bench.artifacts import discover_run
+    from bench.worker import text_feeds
+
+    arts = [a for a in discover_run(run)[0] if a.tokenizer]
+    test = run / "data" / "test.jsonl"
+    files = _text_ids_files(arts, test, 6, LENGTH, tmp_path)
+    assert set(files) == {a.key for a in arts} and len(set(files.values())) < len(arts)  # shared by tokenizer and length
+    for a in arts:
+        spec = {"runtime": a.runtime, "data": str(test), "max_texts": 6, "max_length": a.max_length or LENGTH,
+                "head": a.head, "tokenizer": str(a.tokenizer)}
+        tokenized, given = text_feeds(spec), text_feeds({**spec, "ids_file": files[a.key]})
+        assert given[1] == tokenized[1] and len(given[0]) == 6
+        for x, y in zip(*(f[0] for f in (tokenized, given))):
+            assert x.keys() == y.keys() and all(np.array_equal(x[k], y[k]) for k in x), a.key
+    # the worker process of a token-id row: ids in, no tokenizer library loaded
+    a = next(a for a in arts if a.runtime == "onnxruntime")
+    code = ("import json, sys; from bench.worker import text_feeds; "
+            f"text_feeds({{'runtime': 'onnxruntime', 'ids_file': {files[a.key]!r}}}); "
+            "print(json.dumps(sorted(m for m in ('transformers', 'torch', 'tokenizers') if m in sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert json.loads(out.stdout) == []
 
 
 def test_bench_accuracy_is_computed_at_each_artifacts_length_with_macro_f1(benched):
