@@ -43,12 +43,15 @@ def train_fitting_memory(make_trainer: Callable[[Any], Any], cfg: Any, model: An
     from accelerate.utils.memory import should_reduce_batch_size
 
     from distill.distributed import is_rank_zero
+    from distill.training import without_autocast
 
     start = {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
     while True:
         trainer = make_trainer(cfg)
         try:
-            return trainer, trainer.train(resume_from_checkpoint=resume_from), cfg
+            result = trainer.train(resume_from_checkpoint=resume_from)
+            without_autocast(trainer)  # later passes over trainer.model run in fp32
+            return trainer, result, cfg
         except RuntimeError as e:
             if not should_reduce_batch_size(e) or cfg.batch_size == 1:
                 raise

@@ -31,7 +31,7 @@ from distill.errors import DistillError
 from distill.faults import step_callback
 from distill.modeling import count_parameters, num_layers
 from distill.soft_labels import student_pool, text_key
-from distill.training import jsonl_logger, pick_max_length, training_arguments
+from distill.training import jsonl_logger, pick_max_length, training_arguments, without_autocast
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +126,7 @@ def teacher_stage(ctx: Any, out: Path) -> None:
                           callbacks=[jsonl_logger(ctx.train_log, "teacher"),
                                      step_callback("teacher")])
         result = trainer.train()
+        without_autocast(trainer)
         train_info.update(steps=result.global_step, train_loss=result.training_loss, texts=len(train_ids),
                           tokens=sum(len(x) for x in train_ids), lora=t.lora is not None, quantization=t.quantization)
         if quantized:  # QLoRA: the adapter goes onto a full-precision copy of the base, merged
@@ -225,7 +226,7 @@ def student_stage(ctx: Any, out: Path) -> None:
         callbacks=[jsonl_logger(run / "logs" / "train.jsonl", "student"), step_callback("student")],
         loss_weights=d.losses, temperature=d.temperature)
     result = trainer.train()
-    student = trainer.model.eval()
+    student = without_autocast(trainer).eval()
     train_wall = time.perf_counter() - t0
     after = measure()
     shutil.rmtree(ckpt, ignore_errors=True)

@@ -49,11 +49,20 @@ def student_pool(data_dir: Path) -> list[dict[str, Any]]:
     return list(pool_rows(data_dir))
 
 
+# The teacher stage's logits on its own training rows (its label-noise pass), a SoftLabels folder in
+# the teacher's output: the soft-labels stage starts from them instead of scoring those rows again.
+TRAIN_LOGITS = "train_logits"
+
+
 class SoftLabels:
     """logits.safetensors + index.json: text sha256 -> row."""
 
     def __init__(self, logits: np.ndarray, index: dict[str, int]):
         self.logits, self.index = logits, index
+
+    @classmethod
+    def empty(cls, num_labels: int) -> "SoftLabels":
+        return cls(np.zeros((0, num_labels), np.float32), {})
 
     @classmethod
     def load(cls, folder: Path) -> "SoftLabels":
@@ -96,7 +105,7 @@ def label_texts(teacher: Any, tokenizer: Any, texts: Sequence[str], max_length: 
 
     prompted = hasattr(teacher, "label_logits")  # distill.prompted.PromptedTeacher builds its own prompts
     num_labels = teacher.num_labels if prompted else teacher.config.num_labels
-    base = previous or SoftLabels(np.zeros((0, num_labels), np.float32), {})
+    base = previous or SoftLabels.empty(num_labels)
     todo = list(dict.fromkeys(base.missing(texts)))
     if todo:
         if prompted:  # scored in one call (its own length-sorted batches): the line shows the elapsed time
@@ -125,7 +134,12 @@ def soft_labels_stage(ctx: Any, out: Path) -> None:
     t0 = time.perf_counter()
     by_origin = {o: 0 for o in ORIGINS}
     gold_texts: list[tuple[str, int]] = []  # (text key, gold label) of transfer texts with a gold label
-    soft: Optional[SoftLabels] = None
+    # The teacher's own training rows were scored by its label-noise pass, as label_texts would score them
+    # (same model, max_length and cut); a teacher output made before it kept them has no such folder.
+    shared = run / "teacher" / TRAIN_LOGITS
+    soft: Optional[SoftLabels] = SoftLabels.load(shared) if (shared / "index.json").exists() else None
+    from_teacher = set(soft.index) if soft else set()
+    seen_shared: set[str] = set()  # the shared texts met in the pool (all of them, as the teacher trains on pool rows)
     chunk: list[str] = []
     pending: set[str] = set()  # the keys of chunk
 
@@ -141,18 +155,23 @@ def soft_labels_stage(ctx: Any, out: Path) -> None:
         key = text_key(row["text"])
         if row.get("gold") is not None:
             gold_texts.append((key, row["gold"]))
+        if key in from_teacher:
+            seen_shared.add(key)
         if key not in pending and (soft is None or key not in soft.index):
             pending.add(key)
             chunk.append(row["text"])
             if len(chunk) == CHUNK:
                 flush()
     flush()
-    soft = soft or SoftLabels(np.zeros((0, len(names)), np.float32), {})
+    soft = soft or SoftLabels.empty(len(names))
+    if len(seen_shared) < len(from_teacher):  # the cache holds the pool's texts and no others
+        keep = sorted((i, k) for k, i in soft.index.items() if k not in from_teacher or k in seen_shared)
+        soft = SoftLabels(soft.logits[[i for i, _ in keep]], {k: j for j, (_, k) in enumerate(keep)})
     wall = time.perf_counter() - t0
     soft.save(out)
     report: dict[str, Any] = {"texts": len(soft.index), "wall_s": round(wall, 1),
                               "texts_per_s": round(len(soft.index) / max(wall, 1e-9), 1),
-                              "by_origin": by_origin}
+                              "by_origin": by_origin, "from_teacher_pass": len(seen_shared)}
     if gold_texts:  # few-shot simulation: how good are the pseudo-labels the student will learn from?
         pred = soft.logits[[soft.index[k] for k, _ in gold_texts]].argmax(-1)
         report["pseudo_label_accuracy"] = float(np.mean(pred == np.array([g for _, g in gold_texts])))

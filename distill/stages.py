@@ -49,12 +49,14 @@ STAGES: list[Stage] = [
     Stage("teacher", _by_task("teacher"),
           ("teacher", "device", "data.label_noise", "data.label_noise_threshold"), ("data",),
           "fine-tune (or few-shot prompt) the teacher", fingerprint=_teacher_fingerprint,
-          reads={"data": ("train.jsonl", "validation.jsonl", "test.jsonl", "labels.json")}),
+          reads={"data": ("train.jsonl", "validation.jsonl", "test.jsonl", "labels.json")},
+          revision=2),  # 2: keeps its training rows' logits (train_logits/); passes after bf16 training run in fp32
     Stage("soft_labels", _by_task("soft_labels"), (), ("data", "teacher"),
           "teacher logits on the student's pool"),
     Stage("student", _by_task("student"), ("data", "student", "distill", "device"),
           ("data", "teacher", "soft_labels"), "distill the student",
-          revision=2),  # 2: label_noise: drop matches flagged rows by text, not by row number
+          revision=3),  # 2: label_noise: drop matches flagged rows by text, not by row number
+          # 3: evaluation and rounds after bf16 training run in fp32
     Stage("evaluate", _by_task("evaluate"), ("data",), ("teacher", "student"),
           "test-split metrics beside the TF-IDF floor"),
     Stage("baselines", _baselines, ("baselines", "teacher.model", "student.init", "student.model"), ("data",),

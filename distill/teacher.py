@@ -24,6 +24,7 @@ from distill.modeling import count_parameters, load_classifier, load_tokenizer, 
 from distill.progress import quiet_trainer
 from distill.rundir import digest
 from distill.setfit_runs import BODY_DIR
+from distill.soft_labels import TRAIN_LOGITS, SoftLabels
 from distill.tokenizing import head_tokens
 from distill.training import (class_weights, compute_metrics_fn, evaluate_rows, jsonl_logger,
                               pick_max_length, planned_steps, selection_metric, tokenized, training_arguments,
@@ -199,6 +200,9 @@ def teacher_stage(ctx: Any, out: Path) -> None:
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     if r.data.label_noise != "keep":
         (out / "label_noise.json").write_text(json.dumps(noisy, indent=2, ensure_ascii=False) + "\n")
+    # The label-noise pass's logits are the soft labels of these rows: the soft-labels stage starts from them.
+    (out / TRAIN_LOGITS).mkdir()
+    SoftLabels.empty(len(names)).extended([row["text"] for row in train], train_logits).save(out / TRAIN_LOGITS)
     shutil.rmtree(ctx.checkpoints("teacher"), ignore_errors=True)
 
 

@@ -186,6 +186,14 @@ def training_arguments(cfg: Any, output_dir: Path, device: DeviceChoice, seed: i
     )
 
 
+def without_autocast(trainer: Any) -> Any:
+    """trainer.model with the forward it had before training. Under mixed precision (bf16 or fp16) the
+    Trainer's accelerator wraps the model's forward in autocast and leaves it wrapped after train(), so
+    every later pass (evaluation, the label-noise pass, the next round's scores) would run in bf16 while
+    the saved model, the soft-labels stage and the exported graph run in fp32."""
+    return trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
+
+
 def jsonl_logger(path: Path, stage: str):
     """A TrainerCallback appending every log call to logs/train.jsonl (rank 0 only)."""
     from transformers import TrainerCallback

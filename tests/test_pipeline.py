@@ -74,8 +74,7 @@ def test_a_raised_stage_revision_rebuilds_that_stage_and_what_reads_it(tmp_path,
     rd = tmp_path / "models" / "t"
     before = json.loads((rd / "run.json").read_text())["stages"]
     i = next(i for i, s in enumerate(stages.STAGES) if s.name == "teacher")
-    assert stages.STAGES[i].revision == 1  # revision 1 adds nothing to the inputs: older runs keep their digests
-    raised = [dataclasses.replace(s, revision=2) if j == i else s for j, s in enumerate(stages.STAGES)]
+    raised = [dataclasses.replace(s, revision=s.revision + 1) if j == i else s for j, s in enumerate(stages.STAGES)]
     monkeypatch.setattr(stages, "STAGES", raised)
     r = run(tmp_path, tiny_bert, csv_path, flags=("--resume",))
     assert r.exit_code == 0, r.output

@@ -1,5 +1,6 @@
 """The soft-labels stage reads the pool in chunks (distill.soft_labels.CHUNK), so a pool of millions
-never sits in memory as rows: chunked or not, it labels the same texts with the same logits."""
+never sits in memory as rows: chunked or not, it labels the same texts with the same logits. It starts
+from the teacher's logits on its training rows (teacher/train_logits): the same as scoring them again."""
 
 from __future__ import annotations
 
@@ -16,16 +17,37 @@ from distill.rundir import RunDir
 from distill.stage import Context
 
 
-def test_chunked_soft_labels_equal_one_pass(tmp_path, tiny_bert, monkeypatch):
+def _run(tmp_path, tiny_bert, *extra):
     csv = write_csv(tmp_path, corpus(8))
     sets = [f"data.source={csv}", f"teacher.model={tiny_bert}", "name=t", *FAST, "data.few_shot=4",
-            "data.augment.multiplier=2"]
+            "data.augment.multiplier=2", *extra]
     args = ["run", "--models-dir", str(tmp_path / "models")]
     for s in sets:
         args += ["--set", s]
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 0, r.output
-    run = tmp_path / "models" / "t"
+    return tmp_path / "models" / "t", sets
+
+
+def _fresh_pass(tmp_path, run, sets, monkeypatch):
+    """The soft-labels stage run again without the teacher's training-row logits: every text scored here."""
+    monkeypatch.setattr(soft_labels, "TRAIN_LOGITS", "absent")
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    soft_labels.soft_labels_stage(Context(load_recipe(None, sets), RunDir(run)), fresh)
+    assert json.loads((fresh / "report.json").read_text())["from_teacher_pass"] == 0
+    return soft_labels.SoftLabels.load(fresh)
+
+
+def _assert_same(a, b, atol):
+    assert sorted(a.index) == sorted(b.index)
+    keys = sorted(a.index)
+    np.testing.assert_allclose(a.logits[[a.index[k] for k in keys]], b.logits[[b.index[k] for k in keys]],
+                               rtol=0, atol=atol)
+
+
+def test_chunked_soft_labels_equal_one_pass(tmp_path, tiny_bert, monkeypatch):
+    run, sets = _run(tmp_path, tiny_bert)
     whole = json.loads((run / "soft_labels" / "report.json").read_text())
     assert whole["by_origin"]["transfer"] > 0 and whole["by_origin"]["augmented"] > 0 and whole["texts"] > 3 * 7
 
@@ -39,3 +61,18 @@ def test_chunked_soft_labels_equal_one_pass(tmp_path, tiny_bert, monkeypatch):
     chunked = json.loads((out / "report.json").read_text())
     for key in ("texts", "by_origin", "pseudo_label_accuracy", "pseudo_label_n", "label_distribution"):
         assert chunked[key] == whole[key], key
+
+    # The teacher's training rows came from its label-noise pass, not a second pass of the teacher ...
+    teacher_rows = len(soft_labels.SoftLabels.load(run / "teacher" / soft_labels.TRAIN_LOGITS).index)
+    assert teacher_rows == whole["by_origin"]["train"] > 0 and whole["from_teacher_pass"] == teacher_rows
+    # ... and equal what that second pass gives (batches differ, so only to float rounding).
+    _assert_same(_fresh_pass(tmp_path, run, sets, monkeypatch), a, 1e-5)
+
+
+def test_a_teacher_trained_under_bf16_autocast_scores_its_rows_in_fp32(tmp_path, tiny_bert, monkeypatch):
+    """The Trainer leaves bf16 autocast on the trained model's forward (accelerate wraps it); the teacher's
+    passes after training must not run under it: its training-row logits are soft labels, which the
+    soft-labels stage otherwise computes in fp32 from the saved weights (they differed by ~1e-3 here)."""
+    run, sets = _run(tmp_path, tiny_bert, "device=cpu-bf16")
+    assert json.loads((run / "teacher" / "metrics.json").read_text())["precision"] == "bf16"
+    _assert_same(_fresh_pass(tmp_path, run, sets, monkeypatch), soft_labels.SoftLabels.load(run / "soft_labels"), 1e-5)
