@@ -1,11 +1,13 @@
-"""Ablation of the default recipe's student settings over seeds (issue 5).
+"""Ablation of a recipe's student settings over seeds: the default recipe (issue 5) and the quality pair
+mpnet-to-minilm (issue 17, `--recipe mpnet-to-minilm`; needs `distill assets install mpnet-base`).
 
-For each seed, one full `distill run` (the baseline: KD as the recipe ships it), then each variant
+For each seed, one full `distill run` (the baseline: the recipe's first variant), then each variant
 as a copy of that run directory resumed with one override, so the teacher and its soft labels are
 shared and only what the override touches is rebuilt. Accuracy figures only; the wall times in the
 run ledgers are not comparable when other work shares the machine.
 
     .venv/bin/python experiments/ablation.py --seeds 0 1 2 --out bench/results/ablation-default.md
+    .venv/bin/python experiments/ablation.py --recipe mpnet-to-minilm --seeds 0 --variants shipped lr1e-4 tuned
 
 Reruns pick up where they stopped (completed runs are reused through --resume).
 """
@@ -42,6 +44,22 @@ VARIANTS: dict[str, list[str]] = {
 COPY_FROM = {"augment-x1-grouped": "augment-x1", "augment-x1-bf16": "augment-x1",
              "augment-x1-bf16-grouped": "augment-x1-bf16"}  # a copy of this variant's run (its soft labels); else of kd's
 
+# The quality pair (issue 17): mpnet-to-minilm as shipped, then one lever each, on copies of its run.
+MPNET_VARIANTS: dict[str, list[str]] = {
+    "shipped": [],
+    "lr1e-4": ["student.learning_rate=1e-4"],
+    # what `distill tune` found for the default pair (one seed), tried on this pair
+    "tuned": ["student.learning_rate=2.6e-4", "student.epochs=4", "distill.temperature=1.5",
+              "distill.losses={kl: 0.62, ce: 0.38}"],
+    "kl-only": ["distill.losses={kl: 1.0}"],
+    "teacher-all": ["teacher.max_train_samples=null"],  # the teacher on all 8,897 training rows, not 4,000
+}
+# recipe -> (its variants, the first one the base every other copies, their copy sources, run-name prefix)
+ABLATIONS: dict[str, tuple[dict[str, list[str]], dict[str, str], str]] = {
+    "default": (VARIANTS, COPY_FROM, "abl"),
+    "mpnet-to-minilm": (MPNET_VARIANTS, {}, "mpabl"),
+}
+
 
 def _distill(recipe: str, models: Path, name: str, sets: list[str]) -> None:
     cmd = [str(Path(sys.executable).with_name("distill")), "run", recipe, "--models-dir", str(models), "--name", name, "--resume"]
@@ -60,18 +78,21 @@ def _complete(run: Path) -> bool:
 
 
 def run_all(recipe: str, seeds: list[int], variants: list[str], models: Path) -> dict:
+    table_of, copy_from, prefix = ABLATIONS[recipe]
+    first = next(iter(table_of))
     results: dict = {}
     for seed in seeds:
-        base = models / f"abl-s{seed}-kd"
+        base = models / f"{prefix}-s{seed}-{first}"
         if not _complete(base):
-            _distill(recipe, models, base.name, [f"seed={seed}", *VARIANTS["kd"]])
-        for v in sorted(set(variants) | {COPY_FROM[v] for v in variants if v in COPY_FROM}, key=list(VARIANTS).index):
-            run = models / f"abl-s{seed}-{v}"
-            if v != "kd" and not _complete(run):
+            _distill(recipe, models, base.name, [f"seed={seed}", *table_of[first]])
+        for v in sorted(set(variants) | {first} | {copy_from[v] for v in variants if v in copy_from},
+                        key=list(table_of).index):
+            run = models / f"{prefix}-s{seed}-{v}"
+            if v != first and not _complete(run):
                 if not run.exists():
-                    src = models / f"abl-s{seed}-{COPY_FROM[v]}" if v in COPY_FROM else base
+                    src = models / f"{prefix}-s{seed}-{copy_from[v]}" if v in copy_from else base
                     shutil.copytree(src, run, ignore=shutil.ignore_patterns(".lock*", ".*.tmp-*", "checkpoints"))
-                _distill(recipe, models, run.name, [f"seed={seed}", *VARIANTS[v]])
+                _distill(recipe, models, run.name, [f"seed={seed}", *table_of[v]])
             t = json.loads((run / "teacher" / "metrics.json").read_text())
             s = json.loads((run / "student" / "metrics.json").read_text())
             stages = json.loads((run / "run.json").read_text())["stages"]
@@ -103,21 +124,27 @@ def table(results: dict, seeds: list[int]) -> str:
         tt = statistics.mean(by_seed[s]["teacher_test"] for s in seeds)
         walls.append(f"| {v} | {w[0]:.0f} | {w[1]:.0f} | {w[2]:.0f} | {pct(tt)} |")
     lines += walls
-    teachers = ", ".join(f"seed {s}: {pct(results['kd'][s]['teacher_test'])}" for s in seeds if s in results.get("kd", {}))
-    return "\n".join(lines) + (f"\n\nTeacher test accuracy of kd ({teachers}).\n" if teachers else "\n")
+    first = next(iter(results))
+    teachers = ", ".join(f"seed {s}: {pct(results[first][s]['teacher_test'])}" for s in seeds if s in results[first])
+    return "\n".join(lines) + (f"\n\nTeacher test accuracy of {first} ({teachers}).\n" if teachers else "\n")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--recipe", default="default")
+    ap.add_argument("--recipe", default="default", choices=list(ABLATIONS))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--variants", nargs="+", default=None,
+                    help="default: all of the recipe's; " + "; ".join(f"{r}: {' '.join(v[0])}" for r, v in ABLATIONS.items()))
     ap.add_argument("--models-dir", type=Path, default=Path("models"))
     ap.add_argument("--out", type=Path, default=None, help="write the markdown table here too")
     a = ap.parse_args()
-    res = run_all(a.recipe, a.seeds, a.variants, a.models_dir)
+    known = list(ABLATIONS[a.recipe][0])
+    if a.variants and set(a.variants) - set(known):
+        ap.error(f"--variants: {a.recipe} has {' '.join(known)}")
+    res = run_all(a.recipe, a.seeds, a.variants or known, a.models_dir)
     md = (f"Ablation of `{a.recipe}` (student settings; data split seed 0; training seeds {a.seeds}).\n"
-          f"Command: `.venv/bin/python experiments/ablation.py --recipe {a.recipe} --seeds {' '.join(map(str, a.seeds))}`\n\n"
+          f"Command: `.venv/bin/python experiments/ablation.py --recipe {a.recipe} --seeds {' '.join(map(str, a.seeds))}"
+          f"{' --variants ' + ' '.join(a.variants) if a.variants else ''}`\n\n"
           + table(res, a.seeds))
     print(md)
     if a.out:
