@@ -8,7 +8,7 @@ run ledgers are not comparable when other work shares the machine.
 
     .venv/bin/python experiments/ablation.py --seeds 0 1 2 --out bench/results/ablation-default.md
     .venv/bin/python experiments/ablation.py --recipe mpnet-to-minilm --seeds 0 --variants shipped lr1e-4 tuned
-    .venv/bin/python experiments/ablation.py --recipe default-batch --seeds 0 1 2 --out bench/results/ablation-batch.md
+    .venv/bin/python experiments/ablation.py --recipe default-batch --seeds 0 1 2 --variants shipped batch16 batch64 --out bench/results/ablation-batch.md
 
 Reruns pick up where they stopped (completed runs are reused through --resume).
 """
@@ -63,13 +63,13 @@ BATCH_VARIANTS: dict[str, list[str]] = {
     "batch64": ["student.grad_accum=2"],
     "batch64-lr2e-4": ["student.grad_accum=2", "student.learning_rate=2e-4"],
 }
-# recipe -> (its variants, the first one the base every other copies, their copy sources, run-name prefix)
-ABLATIONS: dict[str, tuple[dict[str, list[str]], dict[str, str], str]] = {
-    "default": (VARIANTS, COPY_FROM, "abl"),
-    "mpnet-to-minilm": (MPNET_VARIANTS, {}, "mpabl"),
-    "default-batch": (BATCH_VARIANTS, {}, "bat"),
+# ablation -> (the shipped recipe it runs, its variants, the first one the base every other copies,
+# their copy sources, run-name prefix)
+ABLATIONS: dict[str, tuple[str, dict[str, list[str]], dict[str, str], str]] = {
+    "default": ("default", VARIANTS, COPY_FROM, "abl"),
+    "mpnet-to-minilm": ("mpnet-to-minilm", MPNET_VARIANTS, {}, "mpabl"),
+    "default-batch": ("default", BATCH_VARIANTS, {}, "bat"),
 }
-SHIPPED_RECIPE = {"default-batch": "default"}  # an ablation of a shipped recipe under another name
 
 
 def _distill(recipe: str, models: Path, name: str, sets: list[str]) -> None:
@@ -88,9 +88,8 @@ def _complete(run: Path) -> bool:
     return stages.get("evaluate", {}).get("status") == "complete"
 
 
-def run_all(recipe: str, seeds: list[int], variants: list[str], models: Path) -> dict:
-    table_of, copy_from, prefix = ABLATIONS[recipe]
-    recipe = SHIPPED_RECIPE.get(recipe, recipe)
+def run_all(ablation: str, seeds: list[int], variants: list[str], models: Path) -> dict:
+    recipe, table_of, copy_from, prefix = ABLATIONS[ablation]
     first = next(iter(table_of))
     results: dict = {}
     for seed in seeds:
@@ -146,11 +145,11 @@ def main() -> None:
     ap.add_argument("--recipe", default="default", choices=list(ABLATIONS))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--variants", nargs="+", default=None,
-                    help="default: all of the recipe's; " + "; ".join(f"{r}: {' '.join(v[0])}" for r, v in ABLATIONS.items()))
+                    help="default: all of the recipe's; " + "; ".join(f"{r}: {' '.join(v[1])}" for r, v in ABLATIONS.items()))
     ap.add_argument("--models-dir", type=Path, default=Path("models"))
     ap.add_argument("--out", type=Path, default=None, help="write the markdown table here too")
     a = ap.parse_args()
-    known = list(ABLATIONS[a.recipe][0])
+    known = list(ABLATIONS[a.recipe][1])
     if a.variants and set(a.variants) - set(known):
         ap.error(f"--variants: {a.recipe} has {' '.join(known)}")
     res = run_all(a.recipe, a.seeds, a.variants or known, a.models_dir)
