@@ -9,6 +9,7 @@ run ledgers are not comparable when other work shares the machine.
     .venv/bin/python experiments/ablation.py --seeds 0 1 2 --out bench/results/ablation-default.md
     .venv/bin/python experiments/ablation.py --recipe mpnet-to-minilm --seeds 0 --variants shipped lr1e-4 tuned
     .venv/bin/python experiments/ablation.py --recipe default-batch --seeds 0 1 2 --variants shipped batch16 batch64 --out bench/results/ablation-batch.md
+    .venv/bin/python experiments/ablation.py --recipe default-student --seeds 0 1 2 --out bench/results/ablation-student-lr.md
 
 Reruns pick up where they stopped (completed runs are reused through --resume).
 """
@@ -54,6 +55,10 @@ MPNET_VARIANTS: dict[str, list[str]] = {
               "distill.losses={kl: 0.62, ce: 0.38}"],
     "kl-only": ["distill.losses={kl: 1.0}"],
     "teacher-all": ["teacher.max_train_samples=null"],  # the teacher on all 8,897 training rows, not 4,000
+    # a larger transfer set labelled by the teacher alone (TinyBERT's lever): the teacher reads only the
+    # labelled splits, so it is reused; soft labels and student are rebuilt
+    "augment-x2": ["data.augment.multiplier=2"],
+    "augment-x3": ["data.augment.multiplier=3"],
 }
 # The student's batch size (issue 17), on the default recipe as shipped: half, double (two accumulated
 # batches of 32, so memory stays that of 32) at the same peak rate, and double with the rate doubled too.
@@ -63,12 +68,23 @@ BATCH_VARIANTS: dict[str, list[str]] = {
     "batch64": ["student.grad_accum=2"],
     "batch64-lr2e-4": ["student.grad_accum=2", "student.learning_rate=2e-4"],
 }
+# The student's learning rate and what `distill tune` found (one seed, docs/tuning.md), on the default recipe
+# as shipped and over 3 seeds (issue 17). Same run-name prefix as the batch ablation: its "shipped" runs
+# are the base these copy.
+STUDENT_VARIANTS: dict[str, list[str]] = {
+    "shipped": [],
+    "lr2e-4": ["student.learning_rate=2e-4"],
+    "tuned-2ep": ["student.learning_rate=2.6e-4", "distill.temperature=1.5", "distill.losses={kl: 0.62, ce: 0.38}"],
+    "tuned": ["student.learning_rate=2.6e-4", "student.epochs=4", "distill.temperature=1.5",
+              "distill.losses={kl: 0.62, ce: 0.38}"],
+}
 # ablation -> (the shipped recipe it runs, its variants, the first one the base every other copies,
 # their copy sources, run-name prefix)
 ABLATIONS: dict[str, tuple[str, dict[str, list[str]], dict[str, str], str]] = {
     "default": ("default", VARIANTS, COPY_FROM, "abl"),
     "mpnet-to-minilm": ("mpnet-to-minilm", MPNET_VARIANTS, {}, "mpabl"),
     "default-batch": ("default", BATCH_VARIANTS, {}, "bat"),
+    "default-student": ("default", STUDENT_VARIANTS, {}, "bat"),
 }
 
 
@@ -148,15 +164,25 @@ def main() -> None:
                     help="default: all of the recipe's; " + "; ".join(f"{r}: {' '.join(v[1])}" for r, v in ABLATIONS.items()))
     ap.add_argument("--models-dir", type=Path, default=Path("models"))
     ap.add_argument("--out", type=Path, default=None, help="write the markdown table here too")
+    ap.add_argument("--merge", type=Path, default=None,
+                    help="an earlier --out JSON: its seeds (runs since deleted) join the table beside this call's")
     a = ap.parse_args()
     known = list(ABLATIONS[a.recipe][1])
     if a.variants and set(a.variants) - set(known):
         ap.error(f"--variants: {a.recipe} has {' '.join(known)}")
     res = run_all(a.recipe, a.seeds, a.variants or known, a.models_dir)
-    md = (f"Ablation of `{a.recipe}` (student settings; data split seed 0; training seeds {a.seeds}).\n"
+    seeds = list(a.seeds)
+    if a.merge:
+        earlier = {v: {int(s): r for s, r in by_seed.items()} for v, by_seed in json.loads(a.merge.read_text()).items()}
+        old = sorted(set.intersection(*(set(earlier.get(v, {})) for v in res)) - set(seeds))
+        for v in res:
+            res[v].update({s: earlier[v][s] for s in old})
+        seeds = sorted(old + seeds)
+    md = (f"Ablation of `{a.recipe}` (student settings; data split seed 0; training seeds {seeds}).\n"
           f"Command: `.venv/bin/python experiments/ablation.py --recipe {a.recipe} --seeds {' '.join(map(str, a.seeds))}"
-          f"{' --variants ' + ' '.join(a.variants) if a.variants else ''}`\n\n"
-          + table(res, a.seeds))
+          f"{' --variants ' + ' '.join(a.variants) if a.variants else ''}"
+          f"{f' --merge {a.merge}' if a.merge else ''}`\n\n"
+          + table(res, seeds))
     print(md)
     if a.out:
         a.out.parent.mkdir(parents=True, exist_ok=True)
