@@ -148,8 +148,8 @@ def test_baseline_is_the_recipes_own_values_or_none_outside_the_space(tmp_path):
     from distill.tune import baseline_params, parse_space
 
     space = "tune.space={student.epochs: [1, 4], distill.alpha: [0.2, 0.9], student.layers: [[0, 5], [1, 3]]}"
-    rec = load_recipe(None, [space])  # the default recipe: 2 student epochs, kl 0.5 + ce 0.5, layers [0, 5]
-    assert baseline_params(rec, parse_space(rec)) == {"student.epochs": 2, "distill.alpha": 0.5,
+    rec = load_recipe(None, [space])  # the default recipe: 2 student epochs, kl 0.62 + ce 0.38, layers [0, 5]
+    assert baseline_params(rec, parse_space(rec)) == {"student.epochs": 2, "distill.alpha": 0.62,
                                                         "student.layers": "[0, 5]"}
     outside = load_recipe(None, [space, "student.epochs=6"])
     assert baseline_params(outside, parse_space(outside)) is None
