@@ -29,19 +29,23 @@ NO_AUG = "data.augment.multiplier=0"
 # fp32 training (`device: auto` now trains under bf16 autocast on CPUs with bf16 units) and the student's
 # batches in random order (`student.group_by_length` is now on by default).
 FP32_RANDOM = ["device=cpu", "student.group_by_length=false"]
+# The default recipe's student settings until 9d7aa59 (lr 1e-4, T 2, kl 0.5 + ce 0.5), pinned in every
+# default-recipe ablation measured with them, so their tables reproduce ("shipped": the default then).
+OLD_STUDENT = ["student.learning_rate=1e-4", "distill.temperature=2.0", "distill.losses={kl: 0.5, ce: 0.5}"]
 # Each variant changes one thing against "kd": kl 0.5 + ce 0.5, T=2, no curriculum, no augmentation
 # (the default recipe as it was when this ablation was measured; augmentation is now on by default).
 VARIANTS: dict[str, list[str]] = {
-    "kd": [NO_AUG, *FP32_RANDOM],
-    "plain-ft": [NO_AUG, *FP32_RANDOM, "distill.losses={ce: 1.0}"],
-    "curriculum-margin": [NO_AUG, *FP32_RANDOM, "distill.curriculum.scorer=margin"],
-    "augment-x1": ["data.augment.multiplier=1", *FP32_RANDOM],
+    "kd": [*OLD_STUDENT, NO_AUG, *FP32_RANDOM],
+    "plain-ft": [*OLD_STUDENT, NO_AUG, *FP32_RANDOM, "distill.losses={ce: 1.0}"],
+    "curriculum-margin": [*OLD_STUDENT, NO_AUG, *FP32_RANDOM, "distill.curriculum.scorer=margin"],
+    "augment-x1": [*OLD_STUDENT, "data.augment.multiplier=1", *FP32_RANDOM],
     # the speed levers of `make demo` (bench/results/ablation-speed.md): length-grouped student batches, and
     # teacher and student trained under bf16 autocast (faster only where the CPU has bf16 units, avx512_bf16
-    # or AMX; teacher, soft labels and student rebuilt); the last is the default recipe on such a CPU now
-    "augment-x1-grouped": ["data.augment.multiplier=1", "device=cpu", "student.group_by_length=true"],
-    "augment-x1-bf16": ["data.augment.multiplier=1", "device=cpu-bf16", "student.group_by_length=false"],
-    "augment-x1-bf16-grouped": ["data.augment.multiplier=1", "device=cpu-bf16", "student.group_by_length=true"],
+    # or AMX; teacher, soft labels and student rebuilt); the last was the default recipe on such a CPU until
+    # the student settings moved (9d7aa59)
+    "augment-x1-grouped": [*OLD_STUDENT, "data.augment.multiplier=1", "device=cpu", "student.group_by_length=true"],
+    "augment-x1-bf16": [*OLD_STUDENT, "data.augment.multiplier=1", "device=cpu-bf16", "student.group_by_length=false"],
+    "augment-x1-bf16-grouped": [*OLD_STUDENT, "data.augment.multiplier=1", "device=cpu-bf16", "student.group_by_length=true"],
 }
 COPY_FROM = {"augment-x1-grouped": "augment-x1", "augment-x1-bf16": "augment-x1",
              "augment-x1-bf16-grouped": "augment-x1-bf16"}  # a copy of this variant's run (its soft labels); else of kd's
@@ -60,24 +64,24 @@ MPNET_VARIANTS: dict[str, list[str]] = {
     "augment-x2": ["data.augment.multiplier=2"],
     "augment-x3": ["data.augment.multiplier=3"],
 }
-# The student's batch size (issue 17), on the default recipe as shipped: half, double (two accumulated
+# The student's batch size (issue 17), on the default recipe as shipped then: half, double (two accumulated
 # batches of 32, so memory stays that of 32) at the same peak rate, and double with the rate doubled too.
-BATCH_VARIANTS: dict[str, list[str]] = {
+BATCH_VARIANTS: dict[str, list[str]] = {k: [*OLD_STUDENT, *v] for k, v in {
     "shipped": [],
     "batch16": ["student.batch_size=16"],
     "batch64": ["student.grad_accum=2"],
     "batch64-lr2e-4": ["student.grad_accum=2", "student.learning_rate=2e-4"],
-}
+}.items()}
 # The student's learning rate and what `distill tune` found (one seed, docs/tuning.md), on the default recipe
-# as shipped and over 3 seeds (issue 17). Same run-name prefix as the batch ablation: its "shipped" runs
-# are the base these copy.
-STUDENT_VARIANTS: dict[str, list[str]] = {
+# as shipped then, over 3 seeds (issue 17); "tuned-2ep" won and is the default recipe since. Same run-name
+# prefix as the batch ablation: its "shipped" runs are the base these copy.
+STUDENT_VARIANTS: dict[str, list[str]] = {k: [*OLD_STUDENT, *v] for k, v in {
     "shipped": [],
     "lr2e-4": ["student.learning_rate=2e-4"],
     "tuned-2ep": ["student.learning_rate=2.6e-4", "distill.temperature=1.5", "distill.losses={kl: 0.62, ce: 0.38}"],
     "tuned": ["student.learning_rate=2.6e-4", "student.epochs=4", "distill.temperature=1.5",
               "distill.losses={kl: 0.62, ce: 0.38}"],
-}
+}.items()}
 # ablation -> (the shipped recipe it runs, its variants, the first one the base every other copies,
 # their copy sources, run-name prefix)
 ABLATIONS: dict[str, tuple[str, dict[str, list[str]], dict[str, str], str]] = {
