@@ -32,21 +32,30 @@ FP32_RANDOM = ["device=cpu", "student.group_by_length=false"]
 # The default recipe's student settings until 9d7aa59 (lr 1e-4, T 2, kl 0.5 + ce 0.5), pinned in every
 # default-recipe ablation measured with them, so their tables reproduce ("shipped": the default then).
 OLD_STUDENT = ["student.learning_rate=1e-4", "distill.temperature=2.0", "distill.losses={kl: 0.5, ce: 0.5}"]
+# what `distill tune` found for the default pair on one seed (docs/tuning.md), 4 epochs left out
+TUNED = ["student.learning_rate=2.6e-4", "distill.temperature=1.5", "distill.losses={kl: 0.62, ce: 0.38}"]
+
+
+def _pinned(table: dict[str, list[str]]) -> dict[str, list[str]]:
+    """Every variant with OLD_STUDENT first, so its own overrides still win."""
+    return {k: [*OLD_STUDENT, *v] for k, v in table.items()}
+
+
 # Each variant changes one thing against "kd": kl 0.5 + ce 0.5, T=2, no curriculum, no augmentation
 # (the default recipe as it was when this ablation was measured; augmentation is now on by default).
-VARIANTS: dict[str, list[str]] = {
-    "kd": [*OLD_STUDENT, NO_AUG, *FP32_RANDOM],
-    "plain-ft": [*OLD_STUDENT, NO_AUG, *FP32_RANDOM, "distill.losses={ce: 1.0}"],
-    "curriculum-margin": [*OLD_STUDENT, NO_AUG, *FP32_RANDOM, "distill.curriculum.scorer=margin"],
-    "augment-x1": [*OLD_STUDENT, "data.augment.multiplier=1", *FP32_RANDOM],
+VARIANTS: dict[str, list[str]] = _pinned({
+    "kd": [NO_AUG, *FP32_RANDOM],
+    "plain-ft": [NO_AUG, *FP32_RANDOM, "distill.losses={ce: 1.0}"],
+    "curriculum-margin": [NO_AUG, *FP32_RANDOM, "distill.curriculum.scorer=margin"],
+    "augment-x1": ["data.augment.multiplier=1", *FP32_RANDOM],
     # the speed levers of `make demo` (bench/results/ablation-speed.md): length-grouped student batches, and
     # teacher and student trained under bf16 autocast (faster only where the CPU has bf16 units, avx512_bf16
     # or AMX; teacher, soft labels and student rebuilt); the last was the default recipe on such a CPU until
     # the student settings moved (9d7aa59)
-    "augment-x1-grouped": [*OLD_STUDENT, "data.augment.multiplier=1", "device=cpu", "student.group_by_length=true"],
-    "augment-x1-bf16": [*OLD_STUDENT, "data.augment.multiplier=1", "device=cpu-bf16", "student.group_by_length=false"],
-    "augment-x1-bf16-grouped": [*OLD_STUDENT, "data.augment.multiplier=1", "device=cpu-bf16", "student.group_by_length=true"],
-}
+    "augment-x1-grouped": ["data.augment.multiplier=1", "device=cpu", "student.group_by_length=true"],
+    "augment-x1-bf16": ["data.augment.multiplier=1", "device=cpu-bf16", "student.group_by_length=false"],
+    "augment-x1-bf16-grouped": ["data.augment.multiplier=1", "device=cpu-bf16", "student.group_by_length=true"],
+})
 COPY_FROM = {"augment-x1-grouped": "augment-x1", "augment-x1-bf16": "augment-x1",
              "augment-x1-bf16-grouped": "augment-x1-bf16"}  # a copy of this variant's run (its soft labels); else of kd's
 
@@ -55,8 +64,7 @@ MPNET_VARIANTS: dict[str, list[str]] = {
     "shipped": [],
     "lr1e-4": ["student.learning_rate=1e-4"],
     # what `distill tune` found for the default pair (one seed), tried on this pair
-    "tuned": ["student.learning_rate=2.6e-4", "student.epochs=4", "distill.temperature=1.5",
-              "distill.losses={kl: 0.62, ce: 0.38}"],
+    "tuned": [*TUNED, "student.epochs=4"],
     "kl-only": ["distill.losses={kl: 1.0}"],
     "teacher-all": ["teacher.max_train_samples=null"],  # the teacher on all 8,897 training rows, not 4,000
     # a larger transfer set labelled by the teacher alone (TinyBERT's lever): the teacher reads only the
@@ -66,22 +74,21 @@ MPNET_VARIANTS: dict[str, list[str]] = {
 }
 # The student's batch size (issue 17), on the default recipe as shipped then: half, double (two accumulated
 # batches of 32, so memory stays that of 32) at the same peak rate, and double with the rate doubled too.
-BATCH_VARIANTS: dict[str, list[str]] = {k: [*OLD_STUDENT, *v] for k, v in {
+BATCH_VARIANTS: dict[str, list[str]] = _pinned({
     "shipped": [],
     "batch16": ["student.batch_size=16"],
     "batch64": ["student.grad_accum=2"],
     "batch64-lr2e-4": ["student.grad_accum=2", "student.learning_rate=2e-4"],
-}.items()}
+})
 # The student's learning rate and what `distill tune` found (one seed, docs/tuning.md), on the default recipe
 # as shipped then, over 3 seeds (issue 17); "tuned-2ep" won and is the default recipe since. Same run-name
 # prefix as the batch ablation: its "shipped" runs are the base these copy.
-STUDENT_VARIANTS: dict[str, list[str]] = {k: [*OLD_STUDENT, *v] for k, v in {
+STUDENT_VARIANTS: dict[str, list[str]] = _pinned({
     "shipped": [],
     "lr2e-4": ["student.learning_rate=2e-4"],
-    "tuned-2ep": ["student.learning_rate=2.6e-4", "distill.temperature=1.5", "distill.losses={kl: 0.62, ce: 0.38}"],
-    "tuned": ["student.learning_rate=2.6e-4", "student.epochs=4", "distill.temperature=1.5",
-              "distill.losses={kl: 0.62, ce: 0.38}"],
-}.items()}
+    "tuned-2ep": TUNED,
+    "tuned": [*TUNED, "student.epochs=4"],
+})
 # ablation -> (the shipped recipe it runs, its variants, the first one the base every other copies,
 # their copy sources, run-name prefix)
 ABLATIONS: dict[str, tuple[str, dict[str, list[str]], dict[str, str], str]] = {
@@ -174,10 +181,15 @@ def main() -> None:
     known = list(ABLATIONS[a.recipe][1])
     if a.variants and set(a.variants) - set(known):
         ap.error(f"--variants: {a.recipe} has {' '.join(known)}")
+    earlier: dict = {}
+    if a.merge:  # read before any run starts: a bad file must not cost hours first
+        try:
+            earlier = {v: {int(s): r for s, r in by_seed.items()} for v, by_seed in json.loads(a.merge.read_text()).items()}
+        except (OSError, ValueError, AttributeError) as e:
+            ap.error(f"--merge {a.merge}: not an earlier --out JSON of this script ({e}); give the .json written beside its --out table")
     res = run_all(a.recipe, a.seeds, a.variants or known, a.models_dir)
     seeds = list(a.seeds)
     if a.merge:
-        earlier = {v: {int(s): r for s, r in by_seed.items()} for v, by_seed in json.loads(a.merge.read_text()).items()}
         old = sorted(set.intersection(*(set(earlier.get(v, {})) for v in res)) - set(seeds))
         for v in res:
             res[v].update({s: earlier[v][s] for s in old})
