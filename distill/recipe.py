@@ -182,7 +182,7 @@ class Distill(_Section):
     temperature: float = Field(2.0, gt=0, description="Softmax temperature T of the KL term (scaled by T^2).")
     losses: dict[str, float] = Field(default_factory=lambda: {"kl": 0.5, "ce": 0.5},
                                      description="Loss name -> weight; names: kl, ce, mse, hidden_mse, hidden_cos, attn_relations (MiniLMv2 self-attention relations of one teacher layer to the student's last layer; runs the teacher beside the student; needs the same word pieces).")
-    layer_map: Optional[dict[int, int]] = Field(None, description="Student layer -> teacher layer for hidden losses; None = from student.layers.")
+    layer_map: Optional[dict[int, int]] = Field(None, description="Student layer -> teacher layer for the hidden losses; None = the layers a teacher-layers student was copied from, else uniform (a 6-layer student of a 12-layer teacher: 0->1, 1->3, ..., 5->11).")
     curriculum: Curriculum = Field(default_factory=Curriculum, description="Curriculum learning (a train sampler).")
     rounds: int = Field(1, ge=1, le=10, description="Iterative rounds: after each, re-augment where student and teacher disagree most.")
     hard_fraction: float = Field(0.1, gt=0, le=1, description="Fraction of the pool re-augmented and weighted up after a round.")

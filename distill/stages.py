@@ -55,8 +55,9 @@ STAGES: list[Stage] = [
           "teacher logits on the student's pool"),
     Stage("student", _by_task("student"), ("data", "student", "distill", "device"),
           ("data", "teacher", "soft_labels"), "distill the student",
-          revision=3),  # 2: label_noise: drop matches flagged rows by text, not by row number
+          revision=4),  # 2: label_noise: drop matches flagged rows by text, not by row number
           # 3: evaluation and rounds after bf16 training run in fp32
+          # 4: hidden losses of a pretrained or config student map its layers uniformly onto the teacher's
     Stage("evaluate", _by_task("evaluate"), ("data",), ("teacher", "student"),
           "test-split metrics beside the TF-IDF floor"),
     Stage("baselines", _baselines, ("baselines", "teacher.model", "student.init", "student.model"), ("data",),

@@ -25,7 +25,8 @@ from distill.losses import LossInputs, combine
 from distill.modeling import count_parameters, load_classifier, load_tokenizer, num_layers
 from distill.progress import quiet_trainer
 from distill.soft_labels import SoftLabels, label_texts, student_pool, text_key
-from distill.tokenizing import head_tokens
+from distill.student_init import default_layer_map
+from distill.tokenizing import first_split_difference, head_tokens
 from distill.training import (class_weights, compute_metrics_fn, effective_epochs, evaluate_rows, jsonl_logger,
                               pick_max_length, predict_logits, selection_metric, tokenized, training_arguments)
 
@@ -223,10 +224,20 @@ def student_stage(ctx: Any, out: Path) -> None:
     need_hidden = any(d.losses.get(h) for h in HIDDEN)
     if need_hidden:
         if s.init == "pretrained" and tok.get_vocab() != teacher_tok.get_vocab():
-            raise DistillError("distill.losses hidden_mse/hidden_cos compare hidden states token by token, which "
-                               "needs the student to tokenize exactly as the teacher; "
-                               f"{s.model} does not. Drop the hidden losses or use student.init: teacher-layers.")
-        lm = d.layer_map or {j: layer for j, layer in enumerate(s.layers)}
+            diff = first_split_difference(tok, teacher_tok, [p["text"] for p in pool])
+            if diff is not None:
+                raise DistillError(
+                    "distill.losses hidden_mse/hidden_cos compare the student's and the teacher's hidden states "
+                    "averaged over the same word pieces, which needs both to cut texts alike; "
+                    f"{s.model} and the teacher cut {diff[0][:80]!r} into {diff[1][:8]} and {diff[2][:8]}. "
+                    "Drop the hidden losses, or use a student of the teacher's tokenizer (student.init: teacher-layers).")
+        lm = d.layer_map or default_layer_map(s.init, s.layers, student, teacher)
+        ns, nt = num_layers(student), num_layers(teacher)
+        bad = {j: t for j, t in lm.items() if not (0 <= j < ns and 0 <= t < nt)}
+        if bad:
+            raise DistillError(f"distill.layer_map {bad} names layers the models do not have: the student has layers "
+                               f"0-{ns - 1}, the teacher 0-{nt - 1}. Fix the map, or leave distill.layer_map unset for "
+                               "a uniform one.")
         student_layers = sorted(lm)
         hidden_layers = [lm[j] for j in student_layers]
         ws, wt = student.config.hidden_size, teacher.config.hidden_size
@@ -330,6 +341,8 @@ def student_stage(ctx: Any, out: Path) -> None:
         metrics["contrastive"] = contrastive
     if relations is not None:
         metrics["relations"] = {"teacher_layer": relations["layer"], "heads": relations["heads"]}
+    if need_hidden:
+        metrics["hidden"] = {"layer_map": dict(zip(student_layers, hidden_layers)), "projected": projections is not None}
     metrics["kept_of_teacher"] = final["test"]["accuracy"] / max(tmetrics["test"]["accuracy"], 1e-9)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     from distill.model_card import write_card

@@ -76,3 +76,14 @@ def from_config(teacher: Any, overrides: dict[str, Any], auto_class: Any = None)
     log.warning("student.init=config trains from random weights: expect to need far more data than a student "
                 "built from the teacher's layers")
     return (auto_class or AutoModelForSequenceClassification).from_config(config)
+
+
+def default_layer_map(init: str, layers: list[int], student: Any, teacher: Any) -> dict[int, int]:
+    """Student layer -> teacher layer for the hidden losses when distill.layer_map is not set: a
+    teacher-layers student learns the layers it was copied from; any other student a uniform map,
+    each of its layers the teacher layer at the same relative depth, the last to the last
+    (TinyBERT's map: a 6-layer student of a 12-layer teacher learns layers 1, 3, 5, 7, 9, 11)."""
+    if init == "teacher-layers":
+        return {j: layer for j, layer in enumerate(layers)}
+    ns, nt = layer_count(student.config), layer_count(teacher.config)
+    return {j: (j + 1) * nt // ns - 1 for j in range(ns)}

@@ -51,3 +51,17 @@ def encode(tokenizer: Any, texts: Sequence[str], *, max_length: int, head: int =
     if "token_type_ids" in tokenizer.model_input_names:
         features["token_type_ids"] = [[0] * len(r) for r in ids]
     return tokenizer.pad(features, padding=padding, return_tensors=return_tensors, return_attention_mask=True)
+
+
+def first_split_difference(a: Any, b: Any, texts: Sequence[str]) -> Optional[tuple[str, list[str], list[str]]]:
+    """The first text that tokenizers a and b cut into different word pieces (special tokens aside), with
+    both cuts; None when they agree on every text. Two vocabularies may number the same pieces
+    differently (minilm-l6 and mpnet-base do): what matters to a comparison of hidden states is the pieces."""
+    texts = list(texts)
+    ids_a = a(texts, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
+    ids_b = b(texts, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
+    for text, x, y in zip(texts, ids_a, ids_b):
+        pa, pb = a.convert_ids_to_tokens(x), b.convert_ids_to_tokens(y)
+        if pa != pb:
+            return text, pa, pb
+    return None

@@ -71,6 +71,9 @@ MPNET_VARIANTS: dict[str, list[str]] = {
     # labelled splits, so it is reused; soft labels and student are rebuilt
     "augment-x2": ["data.augment.multiplier=2"],
     "augment-x3": ["data.augment.multiplier=3"],
+    # intermediate layers (TinyBERT, Patient KD): each student layer's pooled hidden state to the teacher
+    # layer at the same relative depth (1, 3, ..., 11), through a learned 384 -> 768 projection
+    "hidden-cos": ["distill.losses={kl: 0.5, ce: 0.5, hidden_cos: 0.5}"],
 }
 # The student's batch size (issue 17), on the default recipe as shipped then: half, double (two accumulated
 # batches of 32, so memory stays that of 32) at the same peak rate, and double with the rate doubled too.
