@@ -110,12 +110,20 @@ def _distill(recipe: str, models: Path, name: str, sets: list[str]) -> None:
     subprocess.run(cmd, check=True)
 
 
-def _complete(run: Path) -> bool:
+MARK = "ablation-sets.json"  # in a variant's run: the overrides it finished with, or null while it is a copy
+
+
+def _complete(run: Path, sets: list[str]) -> bool:
+    """Every stage complete, and, where the run carries a mark, finished with these overrides: a copy of
+    the base run is complete by its run.json until its own distill run has rebuilt what changed."""
     try:
         stages = json.loads((run / "run.json").read_text())["stages"]
     except (OSError, ValueError, KeyError):
         return False
-    return stages.get("evaluate", {}).get("status") == "complete"
+    if not stages or any(st.get("status") != "complete" for st in stages.values()):
+        return False
+    mark = run / MARK
+    return not mark.exists() or json.loads(mark.read_text()) == sets  # no mark: finished before marks existed
 
 
 def run_all(ablation: str, seeds: list[int], variants: list[str], models: Path) -> dict:
@@ -124,16 +132,20 @@ def run_all(ablation: str, seeds: list[int], variants: list[str], models: Path) 
     results: dict = {}
     for seed in seeds:
         base = models / f"{prefix}-s{seed}-{first}"
-        if not _complete(base):
+        if not _complete(base, [f"seed={seed}", *table_of[first]]):
             _distill(recipe, models, base.name, [f"seed={seed}", *table_of[first]])
+            (base / MARK).write_text(json.dumps([f"seed={seed}", *table_of[first]]))
         for v in sorted(set(variants) | {first} | {copy_from[v] for v in variants if v in copy_from},
                         key=list(table_of).index):
             run = models / f"{prefix}-s{seed}-{v}"
-            if v != first and not _complete(run):
+            sets = [f"seed={seed}", *table_of[v]]
+            if v != first and not _complete(run, sets):
                 if not run.exists():
                     src = models / f"{prefix}-s{seed}-{copy_from[v]}" if v in copy_from else base
-                    shutil.copytree(src, run, ignore=shutil.ignore_patterns(".lock*", ".*.tmp-*", "checkpoints"))
-                _distill(recipe, models, run.name, [f"seed={seed}", *table_of[v]])
+                    shutil.copytree(src, run, ignore=shutil.ignore_patterns(".lock*", ".*.tmp-*", "checkpoints", MARK))
+                    (run / MARK).write_text("null")
+                _distill(recipe, models, run.name, sets)
+                (run / MARK).write_text(json.dumps(sets))
             t = json.loads((run / "teacher" / "metrics.json").read_text())
             s = json.loads((run / "student" / "metrics.json").read_text())
             stages = json.loads((run / "run.json").read_text())["stages"]
