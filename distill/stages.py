@@ -57,7 +57,8 @@ STAGES: list[Stage] = [
           ("data", "teacher", "soft_labels"), "distill the student",
           revision=4),  # 2: label_noise: drop matches flagged rows by text, not by row number
           # 3: evaluation and rounds after bf16 training run in fp32
-          # 4: hidden losses of a pretrained or config student map its layers uniformly onto the teacher's
+          # 4: hidden losses of a pretrained or config student map its layers uniformly onto the teacher's;
+          #    the teacher's pass for them batches texts by length
     Stage("evaluate", _by_task("evaluate"), ("data",), ("teacher", "student"),
           "test-split metrics beside the TF-IDF floor"),
     Stage("baselines", _baselines, ("baselines", "teacher.model", "student.init", "student.model"), ("data",),

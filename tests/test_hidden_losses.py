@@ -110,3 +110,18 @@ def test_hidden_losses_refuse_a_student_that_cuts_texts_differently_and_a_map_pa
     assert r.exit_code != 0 and "Traceback" not in r.output
     assert "distill.layer_map {0: 2}" in r.output and "the teacher 0-1" in r.output
     assert not (run / "student" / "metrics.json").exists()
+
+
+def test_the_teachers_pooled_hidden_states_come_back_in_the_texts_order(tiny_bert, tmp_path):
+    """Batched by length for speed, returned in input order: each text's row is its own, one at a time."""
+    import numpy as np
+
+    from distill.student import _pooled_teacher_hidden
+    from tiny import make_run
+
+    run = make_run(tmp_path, tiny_bert, teacher=True)
+    texts = sorted(TEXTS, key=len, reverse=True)[:5] + ["ok", "a much longer text than the others by far"]
+    together = _pooled_teacher_hidden(run, texts, [0, 1], max_length=32)
+    assert together.shape == (len(texts), 2, 32)
+    for i, t in enumerate(texts):
+        np.testing.assert_allclose(together[i], _pooled_teacher_hidden(run, [t], [0, 1], max_length=32)[0], atol=1e-5)
