@@ -28,7 +28,7 @@ from distill.soft_labels import SoftLabels, label_texts, student_pool, text_key
 from distill.student_init import default_layer_map
 from distill.tokenizing import first_split_difference, head_tokens
 from distill.training import (class_weights, compute_metrics_fn, effective_epochs, evaluate_rows, jsonl_logger,
-                              pick_max_length, predict_logits, selection_metric, tokenized, training_arguments)
+                              length_ordered_pass, pick_max_length, predict_logits, selection_metric, tokenized, training_arguments)
 
 log = logging.getLogger(__name__)
 
@@ -130,31 +130,23 @@ def _collator(tokenizer: Any, hidden: Optional[np.ndarray] = None):
 
 def _pooled_teacher_hidden(run: Path, texts: list[str], layers: list[int], max_length: int,
                            head: int = 0) -> np.ndarray:
-    """Masked-mean hidden states of the mapped teacher layers, [N, L, H], in the order of texts; batched
-    in order of length, as the soft labels are (on mpnet-base, about half the time of batches as they
-    come); the teacher is freed after."""
+    """Masked-mean hidden states of the mapped teacher layers, [N, L, H], in the order of texts (one
+    length-ordered pass, as the soft labels'); the teacher is freed after."""
     import torch
 
-    from distill import progress
     from distill.teacher import load_teacher
-    from distill.tokenizing import encode
 
     teacher, tok = load_teacher(run / "teacher")
-    order = np.argsort([len(t) for t in texts], kind="stable")
-    out: Optional[np.ndarray] = None
-    with torch.inference_mode(), progress.task("teacher hidden states", total=len(texts)) as advance:
-        for s in range(0, len(texts), 64):
-            idx = order[s:s + 64]
-            b = encode(tok, [texts[i] for i in idx], max_length=max_length, head=head, padding=True, return_tensors="pt")
-            hs = teacher(**b, output_hidden_states=True).hidden_states
-            m = b["attention_mask"].unsqueeze(-1).float()
-            pooled = torch.stack([(hs[i + 1] * m).sum(1) / m.sum(1) for i in layers], 1).numpy()
-            if out is None:
-                out = np.zeros((len(texts), *pooled.shape[1:]), dtype=np.float32)
-            out[idx] = pooled
-            advance(len(idx))
+
+    def pooled(batch: Any) -> Any:
+        hs = teacher(**batch, output_hidden_states=True).hidden_states
+        m = batch["attention_mask"].unsqueeze(-1).float()
+        return torch.stack([(hs[i + 1] * m).sum(1) / m.sum(1) for i in layers], 1)
+
+    out = length_ordered_pass(teacher, tok, texts, max_length, (len(layers), teacher.config.hidden_size), pooled,
+                              description="teacher hidden states", head=head)
     del teacher
-    return out if out is not None else np.zeros((0, len(layers), 0), dtype=np.float32)
+    return out
 
 
 def _relation_setup(r: Any, student: Any, teacher: Any, teacher_tok: Any) -> dict[str, Any]:

@@ -7,7 +7,7 @@ import json
 import logging
 import math
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 import numpy as np
 
@@ -212,11 +212,22 @@ def jsonl_logger(path: Path, stage: str):
 
 def predict_logits(model: Any, tokenizer: Any, texts: Sequence[str], max_length: int,
                    batch_size: int = 64, description: str = "predicting", head: int = 0) -> np.ndarray:
-    """Logits for texts, batched in order of length (less padding), returned in the input order.
+    """Logits for texts, batched in order of length (less padding), returned in the input order
+    (length_ordered_pass)."""
+    return length_ordered_pass(model, tokenizer, texts, max_length, (model.config.num_labels,),
+                               lambda batch: model(**batch).logits, batch_size=batch_size,
+                               description=description, head=head)
+
+
+def length_ordered_pass(model: Any, tokenizer: Any, texts: Sequence[str], max_length: int, shape: tuple[int, ...],
+                        forward: Callable[[Any], Any], batch_size: int = 64, description: str = "predicting",
+                        head: int = 0) -> np.ndarray:
+    """forward(batch) -> a [b, *shape] tensor for each batch of texts, batched in order of length (less
+    padding); rows returned in the input order, as float32.
 
     Under torchrun every rank must call it with the same texts: the batches are the same whatever the
-    number of ranks, each rank scores every world_size-th of them and all gather the whole, so the
-    result is the single-process one, bit for bit (a batch's logits do not depend on which process or
+    number of ranks, each rank computes every world_size-th of them and all gather the whole, so the
+    result is the single-process one, bit for bit (a batch's outputs do not depend on which process or
     how many threads computed them; tests/test_distributed.py checks it).
     description names the pass's progress line (counted in texts) where the CLI shows one."""
     import torch
@@ -228,7 +239,7 @@ def predict_logits(model: Any, tokenizer: Any, texts: Sequence[str], max_length:
     model.eval()
     device = next(model.parameters()).device
     order = np.argsort([len(t) for t in texts], kind="stable")
-    out = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
+    out = np.zeros((len(texts), *shape), dtype=np.float32)
     batches = [order[start:start + batch_size] for start in range(0, len(texts), batch_size)]
     world = world_size()
     mine = batches[rank()::world]
@@ -236,12 +247,12 @@ def predict_logits(model: Any, tokenizer: Any, texts: Sequence[str], max_length:
         for idx in mine:
             batch = encode(tokenizer, [texts[i] for i in idx], max_length=max_length, head=head, padding=True,
                            return_tensors="pt").to(device)
-            out[idx] = model(**batch).logits.float().cpu().numpy()
+            out[idx] = forward(batch).float().cpu().numpy()
             advance(len(idx))
     if world > 1:
         done = np.concatenate(mine) if mine else np.zeros(0, dtype=np.int64)
-        for idx, logits in all_gather((done, out[done])):
-            out[idx] = logits
+        for idx, rows in all_gather((done, out[done])):
+            out[idx] = rows
     return out
 
 

@@ -122,8 +122,12 @@ def _complete(run: Path, sets: list[str]) -> bool:
         return False
     if not stages or any(st.get("status") != "complete" for st in stages.values()):
         return False
-    mark = run / MARK
-    return not mark.exists() or json.loads(mark.read_text()) == sets  # no mark: finished before marks existed
+    try:
+        return json.loads((run / MARK).read_text()) == sets
+    except FileNotFoundError:
+        return True  # finished before marks existed
+    except ValueError:
+        return False
 
 
 def run_all(ablation: str, seeds: list[int], variants: list[str], models: Path) -> dict:
@@ -132,9 +136,10 @@ def run_all(ablation: str, seeds: list[int], variants: list[str], models: Path) 
     results: dict = {}
     for seed in seeds:
         base = models / f"{prefix}-s{seed}-{first}"
-        if not _complete(base, [f"seed={seed}", *table_of[first]]):
-            _distill(recipe, models, base.name, [f"seed={seed}", *table_of[first]])
-            (base / MARK).write_text(json.dumps([f"seed={seed}", *table_of[first]]))
+        base_sets = [f"seed={seed}", *table_of[first]]
+        if not _complete(base, base_sets):
+            _distill(recipe, models, base.name, base_sets)
+            (base / MARK).write_text(json.dumps(base_sets))
         for v in sorted(set(variants) | {first} | {copy_from[v] for v in variants if v in copy_from},
                         key=list(table_of).index):
             run = models / f"{prefix}-s{seed}-{v}"
