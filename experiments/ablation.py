@@ -71,6 +71,9 @@ MPNET_VARIANTS: dict[str, list[str]] = {
     # labelled splits, so it is reused; soft labels and student are rebuilt
     "augment-x2": ["data.augment.multiplier=2"],
     "augment-x3": ["data.augment.multiplier=3"],
+    # the teacher on all 8,897 training rows on top of augment-x2 (a copy of that run: data reused; the
+    # teacher, its soft labels and the student rebuilt)
+    "augment-x2-teacher-all": ["data.augment.multiplier=2", "teacher.max_train_samples=null"],
     # intermediate layers (TinyBERT, Patient KD): each student layer's pooled hidden state to the teacher
     # layer at the same relative depth (1, 3, ..., 11), through a learned 384 -> 768 projection
     "hidden-cos": ["distill.losses={kl: 0.5, ce: 0.5, hidden_cos: 0.5}"],
@@ -96,7 +99,7 @@ STUDENT_VARIANTS: dict[str, list[str]] = _pinned({
 # their copy sources, run-name prefix)
 ABLATIONS: dict[str, tuple[str, dict[str, list[str]], dict[str, str], str]] = {
     "default": ("default", VARIANTS, COPY_FROM, "abl"),
-    "mpnet-to-minilm": ("mpnet-to-minilm", MPNET_VARIANTS, {}, "mpabl"),
+    "mpnet-to-minilm": ("mpnet-to-minilm", MPNET_VARIANTS, {"augment-x2-teacher-all": "augment-x2"}, "mpabl"),
     "default-batch": ("default", BATCH_VARIANTS, {}, "bat"),
     "default-student": ("default", STUDENT_VARIANTS, {}, "bat"),
 }
