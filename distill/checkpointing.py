@@ -210,16 +210,33 @@ def reset_checkpoints(folder: Path, inputs_digest: str, keep: tuple[str, ...] = 
     (folder / MARKER).write_text(inputs_digest)
 
 
-def enable_checkpoints(args: Any, total_limit: int = 1) -> Any:
+def enable_checkpoints(args: Any, total_limit: int = 1, at_every_eval: bool = False) -> Any:
     """Turn on per-epoch checkpoints in TrainingArguments built with save=False, keeping the last
-    total_limit (plus the best one by metric_for_best_model, which the Trainer never rotates away);
-    no best model is loaded at the end: the student's result is its last weights."""
-    from transformers.trainer_utils import SaveStrategy
+    total_limit (plus the best one by metric_for_best_model, which the Trainer never rotates away).
+    at_every_eval: a checkpoint at every evaluation instead (every eval_steps where set), so the best
+    one is always on disk (`student.keep: best`, best_checkpoint). The Trainer itself loads no best
+    model at the end: the stage decides which weights it keeps."""
+    from transformers.trainer_utils import IntervalStrategy, SaveStrategy
 
-    args.save_strategy = SaveStrategy.EPOCH
+    steps = at_every_eval and args.eval_strategy == IntervalStrategy.STEPS
+    args.save_strategy = SaveStrategy.STEPS if steps else SaveStrategy.EPOCH
+    if steps:
+        args.save_steps = args.eval_steps
     args.save_total_limit = total_limit
     args.load_best_model_at_end = False
     return args
+
+
+def best_checkpoint(state: Any) -> Optional[dict[str, Any]]:
+    """The evaluation with the best metric_for_best_model in a finished Trainer's state: {"step",
+    "epoch", "metric", "checkpoint"}, checkpoint None where that step is the last one (the model holds
+    its weights already). None when nothing was evaluated."""
+    if state.best_model_checkpoint is None or state.best_metric is None:
+        return None
+    step = checkpoint_step(state.best_model_checkpoint)
+    epoch = next((row["epoch"] for row in state.log_history if row.get("step") == step and "epoch" in row), None)
+    return {"step": step, "epoch": epoch, "metric": state.best_metric,
+            "checkpoint": None if step == state.global_step else state.best_model_checkpoint}
 
 
 def trim_train_log(path: Path, stage: str, step: int, start: int = 0) -> int:

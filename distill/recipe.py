@@ -153,6 +153,8 @@ class Student(Training):
     learning_rate: float = Field(1e-4, gt=0, description="Peak AdamW learning rate.")
     epochs: float = Field(2.0, gt=0, description="Passes over the transfer pool.")
     group_by_length: bool = Field(True, description="Batch texts of similar token length together (the Trainer's length-grouped sampler; a curriculum, where set, orders the batches instead): the default recipe's student stage 1.6x faster, test 81.25% vs 81.35% and validation 79.36% vs 79.10% over 3 seeds (bench/results/ablation-speed.md).")
+    keep: Literal["last", "best"] = Field(
+        "last", description="The weights each student round ends with: last = after its final step; best = those of the evaluation (each epoch, or every eval_steps) with the best validation score (accuracy, macro-F1 where classes are skewed), which the stage checkpoints anyway. best needs validation rows, and the validation figure it reports is then the maximum over evaluations, so judge it on test. metrics.json records the step kept.")
 
     @field_validator("layers")
     @classmethod
@@ -315,6 +317,10 @@ class Recipe(_Section):
             out.append((("student", "contrastive_iterations"), "the contrastive phase trains a pretrained sentence "
                         f"encoder's body before its head; student.init: {self.student.init} builds the student from the "
                         "teacher: use student.init: pretrained with student.model, or set it to 0 here"))
+        if self.student.keep == "best" and self.data.splits.validation == 0 and self.data.validation is None:
+            out.append((("student", "keep"), "student.keep: best picks each round's weights by their validation score, "
+                        "but data.splits.validation is 0 and no data.validation file is given: give validation rows "
+                        "(e.g. data.splits.validation: 0.1) or use student.keep: last"))
         if self.baselines.setfit and self.task != "classification":
             out.append((("baselines", "setfit"), "SetFit is a classifier: baselines.setfit needs task: classification"))
         if self.task == "causal-lm":
@@ -429,6 +435,7 @@ DIGEST_OMITS: tuple[tuple[str, Callable[["Recipe"], bool]], ...] = (
     ("teacher.kind", _fine_tuned), ("teacher.prompt", _fine_tuned),  # prompted teachers came later
     *((f"{who}.{key}", _at_default(f"{who}.{key}")) for who in ("teacher", "student")
       for key in ("truncation", "contrastive_iterations")),
+    ("student.keep", _at_default("student.keep")),
     ("distill.relation_layer", _at_default("distill.relation_layer")),
     ("distill.relation_heads", _at_default("distill.relation_heads")),
 )

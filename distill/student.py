@@ -13,7 +13,7 @@ from typing import Any, Optional
 import numpy as np
 
 from distill.batch_fit import fitted, train_fitting_memory
-from distill.checkpointing import (MARKER, checkpoint_every_s, claim_checkpoints_on_rank_zero, checkpoint_step, enable_checkpoints, resume_checkpoint,
+from distill.checkpointing import (MARKER, best_checkpoint, checkpoint_every_s, claim_checkpoints_on_rank_zero, checkpoint_step, enable_checkpoints, resume_checkpoint,
                                  trim_train_log)
 from distill.curriculum import make_sampler
 from distill.data.prepare import read_labels, read_split
@@ -199,6 +199,10 @@ def student_stage(ctx: Any, out: Path) -> None:
     data_dir = run / "data"
     names = read_labels(data_dir)
     val, test = read_split(data_dir, "validation"), read_split(data_dir, "test")
+    if s.keep == "best" and not val:
+        raise DistillError(f"student.keep: best picks the student's weights by their validation score, but {data_dir} "
+                           "has no validation rows: give some (data.splits.validation, or a data.validation file) or use "
+                           "student.keep: last")
     device = choose_device(r.device, cpu_autocast=True)
     teacher, teacher_tok = load_teacher(run / "teacher")
     # Checkpoints per round (checkpoints/student/round-N), each epoch and every checkpoint_every_s()
@@ -297,7 +301,8 @@ def student_stage(ctx: Any, out: Path) -> None:
 
         def make_trainer(cfg: Any) -> Any:
             args = enable_checkpoints(training_arguments(cfg, rdir, device, r.seed + rnd, has_eval=bool(val),
-                                                         save=False, n_rows=len(rows), metric=metric))
+                                                         save=False, n_rows=len(rows), metric=metric),
+                                      at_every_eval=s.keep == "best")
             trainer = DistillTrainer(
                 model=student, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                 data_collator=_collator(tok, hidden), compute_metrics=compute_metrics_fn(len(names)), callbacks=callbacks,
@@ -315,11 +320,14 @@ def student_stage(ctx: Any, out: Path) -> None:
         if used is not first:  # trained again from step 0 at a smaller batch
             resumed_step = None
         student = trainer.model
+        kept = _keep_best(trainer, student, rnd) if s.keep == "best" else None
         val_m, _ = evaluate_rows(student, tok, val, max_length, len(names), "student: validation", head) if val else ({}, None)
         test_m, _ = evaluate_rows(student, tok, test, max_length, len(names), "student: test", head)
         rounds.append({"round": rnd, "pool": len(pool), "steps": result.global_step,
                        "train_loss": _attempt_train_loss(result, resumed_step), "resumed_from_step": resumed_step,
                        "validation": val_m, "test": test_m, "wall_s": round(time.perf_counter() - t0, 1)})
+        if kept is not None:
+            rounds[-1]["kept"] = {k: v for k, v in kept.items() if k != "checkpoint"}
         if (used.batch_size, used.grad_accum) != (s.batch_size, s.grad_accum):
             rounds[-1]["fitted_batch"] = {"batch_size": used.batch_size, "grad_accum": used.grad_accum}
         log.info("student round %d: validation %.4f, test %.4f", rnd, val_m.get("accuracy", float("nan")), test_m["accuracy"])
@@ -433,6 +441,20 @@ FINAL = "final"  # round-N/final: a finished round's weights and its `rounds` en
 WEIGHTS = "model.safetensors"
 ROUND_INFO = "round.json"
 LOG_OFFSET = "train_log.offset"  # byte offset in logs/train.jsonl where the round's first attempt began
+
+
+def _keep_best(trainer: Any, student: Any, rnd: int) -> dict[str, Any]:
+    """student.keep: best: load the weights of the round's best evaluation on validation (the Trainer keeps
+    that checkpoint through its rotation) into the student; returns what was kept."""
+    best = best_checkpoint(trainer.state)
+    if best is None:
+        raise DistillError(f"student round {rnd}: student.keep: best needs the Trainer's validation scores, and none "
+                           "were recorded (no validation rows?): give validation rows or use student.keep: last")
+    if best["checkpoint"] is not None:
+        _load_weights(student, Path(best["checkpoint"]) / WEIGHTS)
+    log.info("student round %d: keeping step %d (epoch %s, validation %s %.4f) of %d", rnd, best["step"],
+             best["epoch"], trainer.args.metric_for_best_model, best["metric"], trainer.state.global_step)
+    return best
 
 
 def _finished_round(rdir: Path) -> Optional[dict[str, Any]]:

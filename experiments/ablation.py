@@ -76,6 +76,11 @@ MPNET_VARIANTS: dict[str, list[str]] = _pinned({
     # the teacher on all 8,897 training rows on top of augment-x2 (a copy of that run: data reused; the
     # teacher, its soft labels and the student rebuilt)
     "augment-x2-teacher-all": ["data.augment.multiplier=2", "teacher.max_train_samples=null"],
+    # the student keeping its best epoch on validation (student.keep: best), on top of augment-x2 (copies of it:
+    # only the student is rebuilt); its validation figure is then a maximum over epochs, so it is judged on test.
+    # With a 4th epoch too (the linear schedule then decays over 4)
+    "augment-x2-best": ["data.augment.multiplier=2", "student.keep=best"],
+    "augment-x2-best-4ep": ["data.augment.multiplier=2", "student.keep=best", "student.epochs=4"],
     # intermediate layers (TinyBERT, Patient KD): each student layer's pooled hidden state to the teacher
     # layer at the same relative depth (1, 3, ..., 11), through a learned 384 -> 768 projection
     "hidden-cos": ["distill.losses={kl: 0.5, ce: 0.5, hidden_cos: 0.5}"],
@@ -101,7 +106,7 @@ STUDENT_VARIANTS: dict[str, list[str]] = _pinned({
 # their copy sources, run-name prefix)
 ABLATIONS: dict[str, tuple[str, dict[str, list[str]], dict[str, str], str]] = {
     "default": ("default", VARIANTS, COPY_FROM, "abl"),
-    "mpnet-to-minilm": ("mpnet-to-minilm", MPNET_VARIANTS, {"augment-x2-teacher-all": "augment-x2"}, "mpabl"),
+    "mpnet-to-minilm": ("mpnet-to-minilm", MPNET_VARIANTS, {v: "augment-x2" for v in ("augment-x2-teacher-all", "augment-x2-best", "augment-x2-best-4ep")}, "mpabl"),
     "default-batch": ("default", BATCH_VARIANTS, {}, "bat"),
     "default-student": ("default", STUDENT_VARIANTS, {}, "bat"),
 }

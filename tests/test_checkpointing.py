@@ -138,3 +138,50 @@ def test_trim_train_log_with_an_offset_that_is_no_line_start_trims_the_whole_fil
     log_path.write_text(json.dumps({"stage": "student", "step": 30}) + "\n")
     assert trim_train_log(log_path, "student", 19, start) == 1
     assert log_path.read_text() == ""
+
+
+def test_keep_best_loads_the_best_evaluations_checkpoint_and_at_every_eval_follows_eval_steps(tiny_bert, tmp_path):
+    """student.keep: best, with the stage's own arguments (one checkpoint kept, greater is better). The metric
+    here is the validation loss, so "best" is the highest loss: on rows it trains on, that is the first
+    epoch's, which makes the best evaluation differ from the last one."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer
+
+    from distill.checkpointing import best_checkpoint
+    from distill.device import DeviceChoice
+    from distill.recipe import Student
+    from distill.student import _keep_best
+    from distill.training import tokenized, training_arguments
+
+    from tiny import CORPUS
+
+    tok = AutoTokenizer.from_pretrained(tiny_bert)
+    ds = tokenized(tok, [{"text": t, "label": j % 2} for j, t in enumerate(CORPUS)], 16, ["label"]).rename_column("label", "labels")
+    cfg = Student(epochs=3, batch_size=4, learning_rate=1e-3, warmup_ratio=0.0)
+    args = enable_checkpoints(training_arguments(cfg, tmp_path, DeviceChoice("cpu"), 7, has_eval=True, save=False,
+                                                 metric="loss"), at_every_eval=True)
+    args.disable_tqdm = True
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_bert)
+    trainer = Trainer(model=model, args=args, train_dataset=ds, eval_dataset=ds, data_collator=DataCollatorWithPadding(tok))
+    trainer.train()
+    evals = [(row["step"], row["eval_loss"]) for row in trainer.state.log_history if "eval_loss" in row]
+    assert [s for s, _ in evals] == [2, 4, 6] and evals[0][1] > max(loss for _, loss in evals[1:])  # the premise
+
+    best = best_checkpoint(trainer.state)
+    assert best["step"] == 2 and best["epoch"] == 1.0 and best["metric"] == evals[0][1]
+    assert Path(best["checkpoint"]) == tmp_path / "checkpoint-2" and _steps(tmp_path) == [2]  # kept through rotation
+    want = load_file(tmp_path / "checkpoint-2" / "model.safetensors")
+    last = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    assert _keep_best(trainer, trainer.model, 1) == best
+    got = trainer.model.state_dict()
+    assert all(torch.equal(got[k], want[k]) for k in want) and not all(torch.equal(got[k], last[k]) for k in want)
+
+    # the last evaluation best: nothing to load
+    trainer.state.best_model_checkpoint, trainer.state.best_metric = str(tmp_path / "checkpoint-6"), evals[-1][1]
+    assert best_checkpoint(trainer.state)["checkpoint"] is None
+
+    by_steps = training_arguments(cfg.model_copy(update={"eval_steps": 5}), tmp_path, DeviceChoice("cpu"), 7,
+                                  has_eval=True, save=False)
+    assert enable_checkpoints(by_steps, at_every_eval=True).save_strategy == "steps" and by_steps.save_steps == 5
+    assert enable_checkpoints(by_steps).save_strategy == "epoch"

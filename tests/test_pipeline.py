@@ -283,3 +283,22 @@ def test_new_head_init_does_not_depend_on_what_ran_before_in_the_process(tmp_pat
     assert a.exit_code == b.exit_code == 0, a.output + b.output
     ta, tb = (json.loads((tmp_path / x / "models" / "t" / "teacher" / "metrics.json").read_text()) for x in "ab")
     assert ta["train"]["train_loss"] == tb["train"]["train_loss"] and ta["test"] == tb["test"]
+
+
+def test_student_keep_best_keeps_the_best_validated_epoch(tmp_path, tiny_bert, csv_path):
+    r = run(tmp_path, tiny_bert, csv_path, "student.keep=best", "student.epochs=4", name="kb")
+    assert r.exit_code == 0, r.output
+    rd = tmp_path / "models" / "kb"
+    evals = [(row["step"], row["epoch"], row["eval_accuracy"]) for row in map(json.loads, open(rd / "logs" / "train.jsonl"))
+             if row.get("stage") == "student" and "eval_accuracy" in row]
+    assert len(evals) == 4
+    first_best = next(e for e in evals if e[2] == max(a for _, _, a in evals))
+    s = json.loads((rd / "student" / "metrics.json").read_text())
+    assert s["rounds"][0]["kept"] == {"step": first_best[0], "epoch": first_best[1], "metric": first_best[2]}
+    assert s["validation"]["accuracy"] == pytest.approx(first_best[2])  # the weights scored are the kept ones
+    assert not (rd / "checkpoints" / "student").exists()
+
+    bad = run(tmp_path, tiny_bert, csv_path, "student.keep=best", "data.splits.train=0.8", "data.splits.validation=0",
+              name="kb0")
+    assert bad.exit_code != 0 and "student.keep" in bad.output and "data.splits.validation" in bad.output
+    assert "Traceback" not in bad.output and not (tmp_path / "models" / "kb0" / "teacher").exists()
