@@ -101,7 +101,7 @@ class Training(_Section):
     group_by_length: bool = Field(True, description="Batch texts of similar token length together (the Trainer's length-grouped sampler): less padding, so shorter steps on CPU; batches stay random in order.")
     min_steps: int = Field(250, ge=0, description="At least this many optimizer steps: on a small data set, more epochs than `epochs` are run (early stopping on validation still ends training when it stops improving); 0 = exactly `epochs`.")
     class_weights: Literal["none", "balanced", "auto"] = Field("auto", description="Weight the gold-label cross-entropy per class: balanced = rows / (classes x class rows), for skewed classes; auto = balanced where the largest training class has 3 or more times the rows of the smallest, else none (so none on balanced data). metrics.json records the weights used.")
-    early_stopping_patience: int = Field(2, ge=0, description="Evaluations without improvement (validation macro-F1 where classes are skewed, else accuracy) before stopping; 0 = off.")
+    early_stopping_patience: int = Field(2, ge=0, description="Evaluations without improvement (validation macro-F1 where classes are skewed, else accuracy) before stopping; 0 = off. The student stops early only with student.keep: best.")
     eval_steps: Optional[int] = Field(None, gt=0, description="Evaluate every N steps; None = once per epoch.")
     dropout: Optional[float] = Field(None, ge=0, lt=1, description="Override the model's hidden/attention dropout; None = keep.")
     contrastive_iterations: int = Field(0, ge=0, description="Before the classification head, train the model's body SetFit's way on sentence pairs of the labelled training rows (2 x iterations pairs per row, cosine-similarity loss; for few labels); 0 = off. Teacher: fine-tuned, all weights; student: init pretrained. Needs the optional setfit install.")
@@ -154,7 +154,7 @@ class Student(Training):
     epochs: float = Field(2.0, gt=0, description="Passes over the transfer pool.")
     group_by_length: bool = Field(True, description="Batch texts of similar token length together (the Trainer's length-grouped sampler; a curriculum, where set, orders the batches instead): the default recipe's student stage 1.6x faster, test 81.25% vs 81.35% and validation 79.36% vs 79.10% over 3 seeds (bench/results/ablation-speed.md).")
     keep: Literal["last", "best"] = Field(
-        "last", description="The weights each student round ends with: last = after its final step; best = those of the evaluation (each epoch, or every eval_steps) with the best validation score (accuracy, macro-F1 where classes are skewed), which the stage checkpoints anyway. best needs validation rows, and the validation figure it reports is then the maximum over evaluations, so judge it on test. metrics.json records the step kept.")
+        "last", description="The weights each student round ends with: last = after its final step; best = those of the evaluation (each epoch, or every eval_steps) with the best validation score (accuracy, macro-F1 where classes are skewed), which the stage checkpoints anyway. best also ends a round after early_stopping_patience evaluations without improvement (last trains every epoch). best needs validation rows, and the validation figure it reports is then the maximum over evaluations, so judge it on test. metrics.json records the step kept.")
 
     @field_validator("layers")
     @classmethod

@@ -296,6 +296,10 @@ def student_stage(ctx: Any, out: Path) -> None:
             callbacks.append(_self_paced_callback(sampler, tok, rows, max_length, d.temperature, head))
             callbacks.append(_epoch_scores_callback(sampler, rdir))  # after it: the scores it set, kept
         callbacks += [WallClockCheckpoint(checkpoint_every_s()), EpochStartRng(rdir)]
+        if s.keep == "best" and s.early_stopping_patience:  # training on past the best would be thrown away
+            from transformers import EarlyStoppingCallback
+
+            callbacks.append(EarlyStoppingCallback(early_stopping_patience=s.early_stopping_patience))
         callbacks += ctx.callbacks  # the caller's (run_recipe(callbacks=...)), e.g. distill tune's pruning
         eval_ds = tokenized(tok, val, max_length, ["label"], head).rename_column("label", "labels") if val else None
 
