@@ -2,8 +2,8 @@
 fit the data, and the exact `--set` to try. Reads only; the CLI prints it under the summary.
 
 Each rule looks at one thing a user would otherwise have to notice in the numbers: a bag-of-words
-model as good as the networks, a teacher that was still improving when it stopped, classes a model
-never predicts, a student "above 100% of its teacher", long texts cut at max_length.
+model as good as the networks, a teacher that was still improving when it stopped, a student whose
+validation score peaked before its last weights, classes a model never predicts, a student "above 100% of its teacher", long texts cut at max_length.
 """
 
 from __future__ import annotations
@@ -50,6 +50,31 @@ def _still_rising(curve: list[dict[str, Any]]) -> bool:
     """The last evaluation was the best and higher than the one before it."""
     values = [c["value"] for c in curve]
     return len(values) >= 2 and values[-1] > values[-2] and values[-1] >= max(values)
+
+
+def _student_evaluations(run_dir: Path, metric: str) -> list[dict[str, Any]]:
+    """The student's validation evaluations ({"epoch", "value"}) of its last training in logs/train.jsonl:
+    a round, or a copied run trained again, starts its steps afresh, and only the last one made the weights."""
+    try:
+        lines = (run_dir / "logs" / "train.jsonl").read_text().splitlines()
+    except OSError:
+        return []
+    out: list[dict[str, Any]] = []
+    last_step = -1
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(row, dict) or row.get("stage") != "student":
+            continue
+        step = int(row.get("step") or 0)
+        if step < last_step:
+            out = []
+        last_step = step
+        if f"eval_{metric}" in row:
+            out.append({"epoch": row.get("epoch") or 0, "value": row[f"eval_{metric}"]})
+    return out
 
 
 def _longer_training(section: str, train: dict[str, Any], epochs: float) -> str:
@@ -125,6 +150,18 @@ def advise(run_dir: Path, recipe: Any = None) -> list[Advice]:
         out.append(Advice("warn", f"The student scores {_pct(kept)} of its teacher: the teacher, not the student, is the "
                                   "weak link, so the ratio says nothing about what distillation kept. Improve the teacher "
                                   "first (see the lines above), then distill again."))
+
+    rounds = student.get("rounds") or [{}]
+    if student and "kept" not in rounds[-1]:  # student.keep: last
+        metric = student.get("selection_metric") or "accuracy"
+        evals = _student_evaluations(run_dir, metric)
+        best = max(evals, key=lambda e: e["value"], default=None)
+        if best is not None and best["value"] > evals[-1]["value"]:
+            out.append(Advice("info", f"The student's validation {metric.replace('_', '-')} peaked at epoch "
+                                      f"{best['epoch']:.3g} ({best['value']:.4f}) and ended at {evals[-1]['value']:.4f} "
+                                      f"(epoch {evals[-1]['epoch']:.3g}), and the student keeps its last weights. Keeping "
+                                      "the best evaluation's may score higher; compare the two runs on test, since "
+                                      "validation chose the epoch.", "--set student.keep=best"))
 
     share = teacher.get("truncated_share")
     if share and share >= TRUNCATED_SHARE:

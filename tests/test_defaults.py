@@ -165,3 +165,33 @@ def test_advice_says_when_setfit_beats_our_teacher_or_student(tmp_path):
     assert len(setfit) == 1
     assert "SetFit with the same body on the same labels (84.4%) beats our teacher (83.7%)" in setfit[0].text
     assert setfit[0].try_ == "--set teacher.contrastive_iterations=20"
+
+
+def test_advice_names_a_student_that_peaked_before_its_last_weights(tmp_path):
+    # the mpnet pair, seed 1: validation 82.51 / 86.15 / 85.99 over 3 epochs, in a run copied from one whose
+    # own student rows (steps 795-2385) come first in the log
+    def log(rows):
+        (tmp_path / "logs").mkdir(exist_ok=True)
+        (tmp_path / "logs" / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    earlier = [{"stage": "student", "step": 795 * e, "epoch": float(e), "eval_accuracy": v}
+               for e, v in ((1, 0.8344), (2, 0.8553), (3, 0.8560))]
+    mine = [{"stage": "teacher", "step": 125, "epoch": 1.0, "eval_accuracy": 0.88},
+            {"stage": "student", "step": 10, "epoch": 0.01, "loss": 0.4}]
+    mine += [{"stage": "student", "step": 795 * e, "epoch": float(e), "eval_accuracy": v}
+             for e, v in ((1, 0.8251), (2, 0.8615), (3, 0.8599))]
+    student = {"test": {**_row(0.8555), "confusion": [[1100, 180], [190, 1090]]}, "kept_of_teacher": 0.969,
+               "selection_metric": "accuracy", "rounds": [{"round": 1}]}
+    _files(tmp_path, teacher={"train": {"steps": 125}, "test": {**_row(0.8828), "confusion": [[1150, 130], [170, 1110]]}},
+           student=student, ev={"rows": {"teacher": _row(0.8828), "student": _row(0.8555), "tfidf_logreg": _row(0.768)}})
+    log(earlier + mine)
+    got = [a for a in advise(tmp_path) if "peaked" in a.text]
+    assert len(got) == 1 and got[0].try_ == "--set student.keep=best"
+    assert "peaked at epoch 2 (0.8615) and ended at 0.8599 (epoch 3)" in got[0].text
+
+    log(mine[:-1])  # ended at its best: nothing to say
+    assert not [a for a in advise(tmp_path) if "peaked" in a.text]
+    log(earlier + mine)
+    student["rounds"] = [{"round": 1, "kept": {"step": 1590, "epoch": 2.0, "metric": 0.8615}}]  # keep: best already
+    (tmp_path / "student" / "metrics.json").write_text(json.dumps(student))
+    assert not [a for a in advise(tmp_path) if "peaked" in a.text]
