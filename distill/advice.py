@@ -3,7 +3,8 @@ fit the data, and the exact `--set` to try. Reads only; the CLI prints it under 
 
 Each rule looks at one thing a user would otherwise have to notice in the numbers: a bag-of-words
 model as good as the networks, a teacher that was still improving when it stopped, a student whose
-validation score peaked before its last weights, classes a model never predicts, a student "above 100% of its teacher", long texts cut at max_length.
+validation score peaked before its last weights, classes a model never predicts, a student "above
+100% of its teacher", long texts cut at max_length.
 """
 
 from __future__ import annotations
