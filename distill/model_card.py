@@ -33,11 +33,17 @@ def write_card(folder: Path, recipe: Any, metrics: dict[str, Any], names: list[s
         f"({test['n']} test examples). Labels: {', '.join(names)}.", "",
         "## Training", "",
         f"Losses {metrics['losses']} at temperature {metrics['temperature']}; curriculum "
-        f"{metrics['curriculum']['scorer']}; {len(metrics['rounds'])} round(s); "
+        f"{metrics['curriculum']['scorer']}; {len(metrics['rounds'])} round(s); {_kept(metrics['rounds'][-1])}"
         f"{metrics['device']} {metrics['precision']}, {metrics['wall_s']} s.", "",
         "## Recipe (resolved)", "", "```yaml", dump_recipe(recipe).strip(), "```", "",
     ]
     (folder / "README.md").write_text("\n".join(lines))
+
+
+def _kept(final_round: dict[str, Any]) -> str:
+    """Which weights the student kept, where not its last ones (student.keep: best); else nothing, as before."""
+    kept = final_round.get("kept")
+    return f"the weights of step {kept['step']} (epoch {kept['epoch']:.3g}), the best on validation; " if kept else ""
 
 
 def _data_name(data: Any) -> str:

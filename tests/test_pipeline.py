@@ -299,6 +299,8 @@ def test_student_keep_best_keeps_the_best_validated_epoch(tmp_path, tiny_bert, c
     s = json.loads((rd / "student" / "metrics.json").read_text())
     assert s["rounds"][0]["kept"] == {"step": first_best[0], "epoch": first_best[1], "metric": first_best[2]}
     assert s["validation"]["accuracy"] == pytest.approx(first_best[2])  # the weights scored are the kept ones
+    assert f"the weights of step {first_best[0]} (epoch {first_best[1]:.3g}), the best on validation" in \
+        (rd / "student" / "README.md").read_text()
     assert not (rd / "checkpoints" / "student").exists()
 
     bad = run(tmp_path, tiny_bert, csv_path, "student.keep=best", "data.splits.train=0.8", "data.splits.validation=0",
