@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from distill.training import validation_curve
+
 NEAR_FLOOR = 0.01  # a student within one point of the TF-IDF floor gains little from being a network
 F1_GAP = 0.10  # accuracy minus macro-F1 at which small classes are being sacrificed
 TRUNCATED_SHARE = 0.2  # fraction of training texts cut at max_length worth a word
@@ -54,14 +56,13 @@ def _still_rising(curve: list[dict[str, Any]]) -> bool:
 
 
 def _student_evaluations(run_dir: Path, metric: str) -> list[dict[str, Any]]:
-    """The student's validation evaluations ({"epoch", "value"}) of its last training in logs/train.jsonl:
+    """The student's validation curve (training.validation_curve) of its last training in logs/train.jsonl:
     a round, or a copied run trained again, starts its steps afresh, and only the last one made the weights."""
     try:
         lines = (run_dir / "logs" / "train.jsonl").read_text().splitlines()
     except OSError:
         return []
-    out: list[dict[str, Any]] = []
-    last_step = -1
+    rows: list[dict[str, Any]] = []
     for line in lines:
         try:
             row = json.loads(line)
@@ -69,13 +70,10 @@ def _student_evaluations(run_dir: Path, metric: str) -> list[dict[str, Any]]:
             continue
         if not isinstance(row, dict) or row.get("stage") != "student":
             continue
-        step = int(row.get("step") or 0)
-        if step < last_step:
-            out = []
-        last_step = step
-        if f"eval_{metric}" in row:
-            out.append({"epoch": row.get("epoch") or 0, "value": row[f"eval_{metric}"]})
-    return out
+        if rows and int(row.get("step") or 0) < int(rows[-1].get("step") or 0):
+            rows = []
+        rows.append(row)
+    return validation_curve(rows, metric)
 
 
 def _longer_training(section: str, train: dict[str, Any], epochs: float) -> str:

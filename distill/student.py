@@ -451,9 +451,8 @@ def _keep_best(trainer: Any, student: Any, rnd: int) -> dict[str, Any]:
     """student.keep: best: load the weights of the round's best evaluation on validation (the Trainer keeps
     that checkpoint through its rotation) into the student; returns what was kept."""
     best = best_checkpoint(trainer.state)
-    if best is None:
-        raise DistillError(f"student round {rnd}: student.keep: best needs the Trainer's validation scores, and none "
-                           "were recorded (no validation rows?): give validation rows or use student.keep: last")
+    if best is None:  # the stage refuses keep: best without validation rows before training
+        raise RuntimeError(f"student round {rnd}: no validation evaluation was recorded")
     if best["checkpoint"] is not None:
         _load_weights(student, Path(best["checkpoint"]) / WEIGHTS)
     log.info("student round %d: keeping step %d (epoch %s, validation %s %.4f) of %d", rnd, best["step"],

@@ -92,8 +92,8 @@ MPNET_VARIANTS: dict[str, list[str]] = _pinned({
     # layer at the same relative depth (1, 3, ..., 11), through a learned 384 -> 768 projection
     "hidden-cos": ["distill.losses={kl: 0.5, ce: 0.5, hidden_cos: 0.5}"],
 }, pins=["data.augment.multiplier=1", "student.keep=last"])
-MPNET_COPY_FROM = {v: "augment-x2" for v in MPNET_VARIANTS if v.startswith("augment-x2-")}  # only what differs rebuilt
-MPNET_COPY_FROM["augment-x2-teacher-all-best"] = "augment-x2-teacher-all"
+MPNET_COPY_FROM = {**{v: "augment-x2" for v in MPNET_VARIANTS if v.startswith("augment-x2-")},  # only what differs rebuilt
+                   "augment-x2-teacher-all-best": "augment-x2-teacher-all"}
 # The student's batch size (issue 17), on the default recipe as shipped then: half, double (two accumulated
 # batches of 32, so memory stays that of 32) at the same peak rate, and double with the rate doubled too.
 BATCH_VARIANTS: dict[str, list[str]] = _pinned({
