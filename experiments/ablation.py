@@ -86,14 +86,15 @@ MPNET_VARIANTS: dict[str, list[str]] = _pinned({
     "augment-x2-best-t1": ["data.augment.multiplier=2", "student.keep=best", "distill.temperature=1.0"],
     # and the higher learning rate, which was up on test over 3 seeds with augmentation x1 but peaked at epoch 2
     "augment-x2-best-lr1e-4": ["data.augment.multiplier=2", "student.keep=best", "student.learning_rate=1e-4"],
-    # the teacher on all rows, with the student keeping its best epoch (a copy of augment-x2-teacher-all)
+    # the teacher on all rows, with the student keeping its best epoch (a copy of augment-x2-best: the
+    # teacher, soft labels and student are rebuilt, and the keep-last student of teacher-all is not needed)
     "augment-x2-teacher-all-best": ["data.augment.multiplier=2", "teacher.max_train_samples=null", "student.keep=best"],
     # intermediate layers (TinyBERT, Patient KD): each student layer's pooled hidden state to the teacher
     # layer at the same relative depth (1, 3, ..., 11), through a learned 384 -> 768 projection
     "hidden-cos": ["distill.losses={kl: 0.5, ce: 0.5, hidden_cos: 0.5}"],
 }, pins=["data.augment.multiplier=1", "student.keep=last"])
 MPNET_COPY_FROM = {**{v: "augment-x2" for v in MPNET_VARIANTS if v.startswith("augment-x2-")},  # only what differs rebuilt
-                   "augment-x2-teacher-all-best": "augment-x2-teacher-all"}
+                   "augment-x2-teacher-all-best": "augment-x2-best"}
 # The student's batch size (issue 17), on the default recipe as shipped then: half, double (two accumulated
 # batches of 32, so memory stays that of 32) at the same peak rate, and double with the rate doubled too.
 BATCH_VARIANTS: dict[str, list[str]] = _pinned({
