@@ -2,13 +2,15 @@
 SetFit's own distillation, per draw and as mean ± std.
 
 For each seed (the draw of the labels and the training seed; the split stays at split seed 0), one
-`distill run few-shot` as shipped (it computes the SetFit rows), then each variant as a copy of the run
+`distill run few-shot` without its two levers (`plain`; it computes the SetFit rows), then each variant as a copy of the run
 it builds on, resumed with its overrides, so that what a variant does not touch is reused:
 
-    plain     the few-shot recipe as shipped                                    models/fs-sN
+    plain     the few-shot recipe without its two levers (as shipped until 2026-12-07: no contrastive
+              phase, no augmentation)                                             models/fs-sN
     con       teacher.contrastive_iterations=20 (a copy of plain: new teacher)   models/fs-sN-con
     con-sc    + student.contrastive_iterations=20 (a copy of con: its teacher)   models/fs-sN-con-sc
-    con-aug   + data.augment.multiplier=1 (a copy of con: its teacher)           models/fs-sN-con-aug
+    con-aug   + data.augment.multiplier=1 (a copy of con: its teacher; the recipe as shipped since 2026-12-07)
+                                                                                  models/fs-sN-con-aug
     con-sc-aug  both student levers (a copy of con-aug: its soft labels)           models/fs-sN-con-sc-aug
 
     .venv/bin/python experiments/few_shot_draws.py --seeds 0 1 2 --variants plain con
@@ -32,7 +34,7 @@ from typing import Any, Optional
 CON = ["teacher.contrastive_iterations=20", "baselines.setfit=false"]
 # variant -> (the variant whose run it copies, its overrides)
 VARIANTS: dict[str, tuple[Optional[str], list[str]]] = {
-    "plain": (None, []),
+    "plain": (None, ["teacher.contrastive_iterations=0", "data.augment.multiplier=0"]),
     "con": ("plain", CON),
     "con-sc": ("con", [*CON, "student.contrastive_iterations=20"]),
     "con-aug": ("con", [*CON, "data.augment.multiplier=1"]),
