@@ -23,6 +23,10 @@ def main() -> None:
     ap.add_argument("run", type=Path, help="a finished few-shot run directory")
     ap.add_argument("--model", default="packaged:minilm-l6", help="the frozen encoder (default: the few-shot student's)")
     a = ap.parse_args()
+    missing = [f for f in ("data/transfer.jsonl", "data/test.jsonl", "soft_labels/index.json") if not (a.run / f).exists()]
+    if missing:
+        raise SystemExit(f"{a.run} is not a finished few-shot run (missing {', '.join(missing)}); pass models/fs-sN "
+                         "after `distill run few-shot` has completed its soft_labels stage.")
 
     import numpy as np
     import torch
