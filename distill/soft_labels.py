@@ -95,6 +95,34 @@ class SoftLabels:
             return self
         return SoftLabels(np.concatenate([self.logits, np.stack(rows)]), index)
 
+    def merged(self, other: "SoftLabels") -> "SoftLabels":
+        """These rows plus other's rows for the texts these lack."""
+        extra = [(k, i) for k, i in other.index.items() if k not in self.index]
+        if not extra:
+            return self
+        index = dict(self.index)
+        index.update({k: len(self.logits) + j for j, (k, _) in enumerate(extra)})
+        return SoftLabels(np.concatenate([self.logits, other.logits[[i for _, i in extra]]]), index)
+
+
+def _teacher_identity(ctx: Any, tmetrics: dict[str, Any]) -> dict[str, Any]:
+    """What decides a text's logits: the teacher stage's inputs and output digests, and the cut."""
+    rec = ctx.run.read()["stages"].get("teacher") or {}
+    return {"inputs_sha256": rec.get("inputs_sha256"), "output_sha256": rec.get("output_sha256"),
+            "max_length": tmetrics["max_length"], "head_tokens": tmetrics.get("head_tokens", 0)}
+
+
+def _previous(folder: Path, teacher: dict[str, Any]) -> Optional[SoftLabels]:
+    """The soft labels this run's last completed attempt wrote, where the same teacher made them at the
+    same cut (`--resume` after the pool grew, e.g. a larger data.augment.multiplier): only new texts
+    then go through the teacher. None otherwise, or where the folder does not read back."""
+    try:
+        if json.loads((folder / "report.json").read_text()).get("teacher") != teacher or None in teacher.values():
+            return None
+        return SoftLabels.load(folder)
+    except (OSError, ValueError, KeyError):
+        return None
+
 
 def label_texts(teacher: Any, tokenizer: Any, texts: Sequence[str], max_length: int,
                 previous: Optional[SoftLabels] = None, head: int = 0) -> SoftLabels:
@@ -139,7 +167,12 @@ def soft_labels_stage(ctx: Any, out: Path) -> None:
     shared = run / "teacher" / TRAIN_LOGITS
     soft: Optional[SoftLabels] = SoftLabels.load(shared) if (shared / "index.json").exists() else None
     from_teacher = set(soft.index) if soft else set()
-    seen_shared: set[str] = set()  # the shared texts met in the pool (all of them, as the teacher trains on pool rows)
+    identity = _teacher_identity(ctx, tmetrics)
+    previous = _previous(ctx.output("soft_labels"), identity)
+    if previous is not None:
+        soft = soft.merged(previous) if soft else previous
+    cached = set(soft.index) if soft else set()
+    seen_cached: set[str] = set()  # the cached texts met in the pool; the others are dropped at the end
     chunk: list[str] = []
     pending: set[str] = set()  # the keys of chunk
 
@@ -155,8 +188,8 @@ def soft_labels_stage(ctx: Any, out: Path) -> None:
         key = text_key(row["text"])
         if row.get("gold") is not None:
             gold_texts.append((key, row["gold"]))
-        if key in from_teacher:
-            seen_shared.add(key)
+        if key in cached:
+            seen_cached.add(key)
         if key not in pending and (soft is None or key not in soft.index):
             pending.add(key)
             chunk.append(row["text"])
@@ -164,14 +197,15 @@ def soft_labels_stage(ctx: Any, out: Path) -> None:
                 flush()
     flush()
     soft = soft or SoftLabels.empty(len(names))
-    if len(seen_shared) < len(from_teacher):  # the cache holds the pool's texts and no others
-        keep = sorted((i, k) for k, i in soft.index.items() if k not in from_teacher or k in seen_shared)
+    if len(seen_cached) < len(cached):  # the cache holds the pool's texts and no others
+        keep = sorted((i, k) for k, i in soft.index.items() if k not in cached or k in seen_cached)
         soft = SoftLabels(soft.logits[[i for i, _ in keep]], {k: j for j, (_, k) in enumerate(keep)})
     wall = time.perf_counter() - t0
     soft.save(out)
     report: dict[str, Any] = {"texts": len(soft.index), "wall_s": round(wall, 1),
                               "texts_per_s": round(len(soft.index) / max(wall, 1e-9), 1),
-                              "by_origin": by_origin, "from_teacher_pass": len(seen_shared)}
+                              "by_origin": by_origin, "from_teacher_pass": len(seen_cached & from_teacher),
+                              "from_previous": len(seen_cached - from_teacher), "teacher": identity}
     if gold_texts:  # few-shot simulation: how good are the pseudo-labels the student will learn from?
         pred = soft.logits[[soft.index[k] for k, _ in gold_texts]].argmax(-1)
         report["pseudo_label_accuracy"] = float(np.mean(pred == np.array([g for _, g in gold_texts])))
@@ -180,7 +214,8 @@ def soft_labels_stage(ctx: Any, out: Path) -> None:
     report["teacher_confidence_mean"] = float(probs.max(-1).mean()) if len(probs) else None
     report["label_distribution"] = {names[i]: int(c) for i, c in enumerate(np.bincount(probs.argmax(-1), minlength=len(names)))} if len(probs) else {}
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    log.info("soft labels: %d texts in %.1f s%s", len(soft.index), wall,
+    log.info("soft labels: %d texts in %.1f s%s%s", len(soft.index), wall,
+             f" ({report['from_previous']} kept from the last attempt, same teacher)" if report["from_previous"] else "",
              f"; pseudo-label accuracy {report['pseudo_label_accuracy']:.4f}" if gold_texts else "")
 
 

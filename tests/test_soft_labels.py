@@ -1,6 +1,8 @@
 """The soft-labels stage reads the pool in chunks (distill.soft_labels.CHUNK), so a pool of millions
 never sits in memory as rows: chunked or not, it labels the same texts with the same logits. It starts
-from the teacher's logits on its training rows (teacher/train_logits): the same as scoring them again."""
+from the teacher's logits on its training rows (teacher/train_logits): the same as scoring them again.
+Run again with a larger pool under --resume, it keeps its last output's logits where the teacher is the
+same, and scores every text again where it is not."""
 
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ def _run(tmp_path, tiny_bert, *extra):
 def _fresh_pass(tmp_path, run, sets, monkeypatch):
     """The soft-labels stage run again without the teacher's training-row logits: every text scored here."""
     monkeypatch.setattr(soft_labels, "TRAIN_LOGITS", "absent")
+    monkeypatch.setattr(soft_labels, "_previous", lambda folder, teacher: None)  # nor the run's own output
     fresh = tmp_path / "fresh"
     fresh.mkdir()
     soft_labels.soft_labels_stage(Context(load_recipe(None, sets), RunDir(run)), fresh)
@@ -76,3 +79,43 @@ def test_a_teacher_trained_under_bf16_autocast_scores_its_rows_in_fp32(tmp_path,
     run, sets = _run(tmp_path, tiny_bert, "device=cpu-bf16")
     assert json.loads((run / "teacher" / "metrics.json").read_text())["precision"] == "bf16"
     _assert_same(_fresh_pass(tmp_path, run, sets, monkeypatch), soft_labels.SoftLabels.load(run / "soft_labels"), 1e-5)
+
+
+def _resume(tmp_path, sets, *more):
+    args = ["run", "--models-dir", str(tmp_path / "models"), "--resume"]
+    for x in [*sets, *more]:
+        args += ["--set", x]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+
+
+def test_a_larger_pool_under_resume_scores_only_its_new_texts_with_the_same_teacher(tmp_path, tiny_bert, monkeypatch):
+    run, sets = _run(tmp_path, tiny_bert, "data.augment.multiplier=1")
+    first = soft_labels.SoftLabels.load(run / "soft_labels")
+    _resume(tmp_path, sets, "data.augment.multiplier=3")  # the teacher's inputs are unchanged: reused
+    rep = json.loads((run / "soft_labels" / "report.json").read_text())
+    grown = soft_labels.SoftLabels.load(run / "soft_labels")
+    assert rep["by_origin"]["augmented"] > 0 and rep["texts"] == len(grown.index) > len(first.index)
+    kept = set(first.index) & set(grown.index)
+    # every text of the first pool still in the grown one was kept (the teacher's rows counted apart) ...
+    assert rep["from_previous"] + rep["from_teacher_pass"] == len(kept) > rep["from_teacher_pass"] > 0
+    np.testing.assert_array_equal(grown.logits[[grown.index[k] for k in sorted(kept)]],
+                                  first.logits[[first.index[k] for k in sorted(kept)]])
+    # ... and the whole cache equals a pass of the teacher over every text, to float rounding
+    _assert_same(_fresh_pass(tmp_path, run, sets + ["data.augment.multiplier=3"], monkeypatch), grown, 1e-5)
+    monkeypatch.undo()
+
+    # a pool that shrinks keeps only its own texts, none of them scored again
+    _resume(tmp_path, sets, "data.augment.multiplier=0")
+    shrunk = json.loads((run / "soft_labels" / "report.json").read_text())
+    assert shrunk["by_origin"]["augmented"] == 0 and 0 < shrunk["texts"] < rep["texts"]
+    assert shrunk["from_previous"] + shrunk["from_teacher_pass"] == shrunk["texts"] \
+        == len(soft_labels.SoftLabels.load(run / "soft_labels").index)
+
+
+def test_a_retrained_teacher_scores_every_text_again(tmp_path, tiny_bert):
+    run, sets = _run(tmp_path, tiny_bert, "data.augment.multiplier=1")
+    before = json.loads((run / "soft_labels" / "report.json").read_text())["teacher"]
+    _resume(tmp_path, sets, "data.augment.multiplier=1", "teacher.learning_rate=1e-3")
+    rep = json.loads((run / "soft_labels" / "report.json").read_text())
+    assert rep["teacher"]["inputs_sha256"] != before["inputs_sha256"] and rep["from_previous"] == 0
