@@ -12,6 +12,9 @@ it builds on, resumed with its overrides, so that what a variant does not touch 
     con-aug   + data.augment.multiplier=1 (a copy of con: its teacher; the recipe as shipped since 2026-12-07)
                                                                                   models/fs-sN-con-aug
     con-sc-aug  both student levers (a copy of con-aug: its soft labels)           models/fs-sN-con-sc-aug
+    con-aug-t1, con-aug-mse, con-aug-2ep  the student of con-aug with distill.temperature=1, with the
+              logits matched by mean squared error instead of KL, with 2 epochs (copies of con-aug)
+    con-aug2  two augmented copies per text (a copy of con-aug: the teacher labels only the new copy)
 
     .venv/bin/python experiments/few_shot_draws.py --seeds 0 1 2 --variants plain con
     .venv/bin/python experiments/few_shot_draws.py --seeds 0 1 2 --table-only   # what exists so far
@@ -39,6 +42,10 @@ VARIANTS: dict[str, tuple[Optional[str], list[str]]] = {
     "con-sc": ("con", [*CON, "student.contrastive_iterations=20"]),
     "con-aug": ("con", [*CON, "data.augment.multiplier=1"]),
     "con-sc-aug": ("con-aug", [*CON, "data.augment.multiplier=1", "student.contrastive_iterations=20"]),
+    "con-aug-t1": ("con-aug", [*CON, "data.augment.multiplier=1", "distill.temperature=1"]),
+    "con-aug-mse": ("con-aug", [*CON, "data.augment.multiplier=1", "distill.losses={mse: 1.0}"]),
+    "con-aug-2ep": ("con-aug", [*CON, "data.augment.multiplier=1", "student.epochs=2"]),
+    "con-aug2": ("con-aug", [*CON, "data.augment.multiplier=2"]),
 }
 
 
@@ -85,9 +92,10 @@ def run_all(seeds: list[int], variants: list[str], models: Path) -> None:
         for v in VARIANTS:  # in dependency order: a variant's base runs first
             needed = v in _needed(variants)
             run = models / run_name(seed, v)
-            if not needed or _complete(run, v):
-                continue
             base, sets = VARIANTS[v]
+            # a copy stopped before its student was rebuilt still carries its base's finished stages
+            if not needed or (_complete(run, v) and _rebuilt(run, models / run_name(seed, base) if base else None)):
+                continue
             if base and not run.exists():
                 shutil.copytree(models / run_name(seed, base), run,
                                 ignore=shutil.ignore_patterns(".lock*", ".*.tmp-*", "checkpoints"))
