@@ -19,15 +19,19 @@ from distill.rundir import RunDir
 from distill.stage import Context
 
 
-def _run(tmp_path, tiny_bert, *extra):
-    csv = write_csv(tmp_path, corpus(8))
-    sets = [f"data.source={csv}", f"teacher.model={tiny_bert}", "name=t", *FAST, "data.few_shot=4",
-            "data.augment.multiplier=2", *extra]
-    args = ["run", "--models-dir", str(tmp_path / "models")]
+def _invoke(tmp_path, sets, *flags):
+    args = ["run", "--models-dir", str(tmp_path / "models"), *flags]
     for s in sets:
         args += ["--set", s]
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 0, r.output
+
+
+def _run(tmp_path, tiny_bert, *extra):
+    csv = write_csv(tmp_path, corpus(8))
+    sets = [f"data.source={csv}", f"teacher.model={tiny_bert}", "name=t", *FAST, "data.few_shot=4",
+            "data.augment.multiplier=2", *extra]
+    _invoke(tmp_path, sets)
     return tmp_path / "models" / "t", sets
 
 
@@ -82,11 +86,7 @@ def test_a_teacher_trained_under_bf16_autocast_scores_its_rows_in_fp32(tmp_path,
 
 
 def _resume(tmp_path, sets, *more):
-    args = ["run", "--models-dir", str(tmp_path / "models"), "--resume"]
-    for x in [*sets, *more]:
-        args += ["--set", x]
-    r = CliRunner().invoke(app, args)
-    assert r.exit_code == 0, r.output
+    _invoke(tmp_path, [*sets, *more], "--resume")
 
 
 def test_a_larger_pool_under_resume_scores_only_its_new_texts_with_the_same_teacher(tmp_path, tiny_bert, monkeypatch):
