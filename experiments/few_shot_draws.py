@@ -15,6 +15,7 @@ it builds on, resumed with its overrides, so that what a variant does not touch 
     con-aug-t1, con-aug-mse, con-aug-2ep  the student of con-aug with distill.temperature=1, with the
               logits matched by mean squared error instead of KL, with 2 epochs (copies of con-aug)
     con-aug2  two augmented copies per text (a copy of con-aug: the teacher labels only the new copy)
+    con-aug-t05, con-aug-2ep-t05  sharper targets: distill.temperature=0.5, with 1 and 2 epochs (copies of con-aug)
 
     .venv/bin/python experiments/few_shot_draws.py --seeds 0 1 2 --variants plain con
     .venv/bin/python experiments/few_shot_draws.py --seeds 0 1 2 --table-only   # what exists so far
@@ -46,6 +47,8 @@ VARIANTS: dict[str, tuple[Optional[str], list[str]]] = {
     "con-aug-mse": ("con-aug", [*CON, "data.augment.multiplier=1", "distill.losses={mse: 1.0}"]),
     "con-aug-2ep": ("con-aug", [*CON, "data.augment.multiplier=1", "student.epochs=2"]),
     "con-aug2": ("con-aug", [*CON, "data.augment.multiplier=2"]),
+    "con-aug-t05": ("con-aug", [*CON, "data.augment.multiplier=1", "distill.temperature=0.5"]),
+    "con-aug-2ep-t05": ("con-aug", [*CON, "data.augment.multiplier=1", "student.epochs=2", "distill.temperature=0.5"]),
 }
 
 
