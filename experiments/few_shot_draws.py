@@ -35,10 +35,13 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
-CON = ["teacher.contrastive_iterations=20", "baselines.setfit=false"]
+# every variant pins the student's one epoch it was measured with (the recipe ships 2 since 2026-12-07 night),
+# so that a new draw's rows mean what the tables in bench/results/few-shot.md say; con-aug-2ep overrides it
+ONE = "student.epochs=1"
+CON = ["teacher.contrastive_iterations=20", "baselines.setfit=false", ONE]
 # variant -> (the variant whose run it copies, its overrides)
 VARIANTS: dict[str, tuple[Optional[str], list[str]]] = {
-    "plain": (None, ["teacher.contrastive_iterations=0", "data.augment.multiplier=0"]),
+    "plain": (None, ["teacher.contrastive_iterations=0", "data.augment.multiplier=0", ONE]),
     "con": ("plain", CON),
     "con-sc": ("con", [*CON, "student.contrastive_iterations=20"]),
     "con-aug": ("con", [*CON, "data.augment.multiplier=1"]),
