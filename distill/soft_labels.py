@@ -11,7 +11,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -84,25 +84,23 @@ class SoftLabels:
         return [t for t in texts if text_key(t) not in self.index]
 
     def extended(self, texts: Sequence[str], logits: np.ndarray) -> "SoftLabels":
+        return self._appended(zip((text_key(t) for t in texts), logits))
+
+    def merged(self, other: "SoftLabels") -> "SoftLabels":
+        """These rows plus other's rows for the texts these lack."""
+        return self._appended((k, other.logits[i]) for k, i in other.index.items())
+
+    def _appended(self, keyed_rows: Iterable[tuple[str, np.ndarray]]) -> "SoftLabels":
+        """These rows plus the given (text key, logits) rows for keys not yet here, first one winning."""
         index = dict(self.index)
         rows = []
-        for t, row in zip(texts, logits):
-            k = text_key(t)
+        for k, row in keyed_rows:
             if k not in index:
                 index[k] = len(self.logits) + len(rows)
                 rows.append(row)
         if not rows:
             return self
         return SoftLabels(np.concatenate([self.logits, np.stack(rows)]), index)
-
-    def merged(self, other: "SoftLabels") -> "SoftLabels":
-        """These rows plus other's rows for the texts these lack."""
-        extra = [(k, i) for k, i in other.index.items() if k not in self.index]
-        if not extra:
-            return self
-        index = dict(self.index)
-        index.update({k: len(self.logits) + j for j, (k, _) in enumerate(extra)})
-        return SoftLabels(np.concatenate([self.logits, other.logits[[i for _, i in extra]]]), index)
 
 
 def _teacher_identity(ctx: Any, tmetrics: dict[str, Any]) -> dict[str, Any]:
